@@ -11,7 +11,7 @@ from pathlib import Path
 
 import wzp
 
-PURE = ("proto", "fec", "crypto", "codec", "media")
+PURE = ("proto", "fec", "crypto", "codec", "media", "sim")
 FORBIDDEN = {
     "socket",
     "ssl",
