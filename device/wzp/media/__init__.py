@@ -1,0 +1,1 @@
+"""The media engine: sender, receiver, jitter buffer, quality control (pure)."""

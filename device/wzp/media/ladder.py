@@ -1,0 +1,96 @@
+"""The protection ladder: which tier the sender uses at which measured loss.
+
+wzp phase 1 has three profiles (SPEC 4). Measured on real speech (the media
+benchmark), they do not fit the link we serve: GOOD (Opus24k in 20 ms packets)
+costs ~71 kbit/s on the wire once the 12-byte header, 16-byte tag and 60 bytes of
+QUIC/UDP/IP are counted, so a 100 kbit/s link cannot carry a full-duplex call, and
+its 0.2 repair ratio cannot hold 30 % loss. The packet overhead, not the codec, is
+what costs: Opus at 16 kbit/s in 60 ms packets scores PESQ-WB 4.27 for 27 kbit/s on
+the wire. So this ladder uses long packets and spends the budget on RaptorQ repair.
+
+Each tier is a :class:`~wzp.proto.profiles.Profile` (codec id, repair ratio, packet
+duration, K) plus what the profile does not carry: the Opus bitrate (the codec id's
+nominal bitrate is informational; every Opus id decodes alike), the number of
+Codec2 frames per packet follows from the packet duration. The controller moves
+down the ladder (more protection) as loss rises; each tier's ``up_loss`` is the
+loss above which it is left for the next one, ``down_loss`` the loss under which
+the previous tier is taken back (hysteresis). Every tier fits a 100 kbit/s link in
+push-to-talk use with all headers counted; the first two fit 50 kbit/s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..proto.codecs import CodecId
+from ..proto.profiles import CATASTROPHIC, DEGRADED, GOOD, Profile
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    name: str
+    profile: Profile
+    #: encoder bitrate for Opus tiers (bit/s); None for Codec2
+    opus_bitrate: int | None
+    #: leave for the next (more protective) tier above this smoothed loss (0..1)
+    up_loss: float
+    #: leave this tier for the previous (lighter) one once smoothed loss stays below this
+    down_loss: float
+    #: Opus in-band FEC (LBRR) on; the loss hint then follows the measured loss
+    inband_fec: bool = True
+
+    @property
+    def codec(self) -> CodecId:
+        return self.profile.codec
+
+    @property
+    def frame_ms(self) -> int:
+        return self.profile.frame_duration_ms
+
+    @property
+    def k(self) -> int:
+        return self.profile.frames_per_block
+
+
+def _p(codec: CodecId, ratio: float, frame_ms: int, k: int) -> Profile:
+    return Profile(codec, ratio, frame_ms, k)
+
+
+#: The default ladder, least to most protective. Ratios are R/K with R the repair
+#: count per block: ceil(K * ratio) in f32 must give that R (checked in the tests).
+LADDER: tuple[Tier, ...] = (
+    Tier("clear", _p(CodecId.Opus16k, 0.33, 60, 3), 16_000, up_loss=0.02, down_loss=0.0),
+    Tier("light", _p(CodecId.Opus16k, 1.0, 60, 3), 12_000, up_loss=0.18, down_loss=0.008),
+    Tier("heavy", _p(CodecId.Opus16k, 2.0, 60, 3), 16_000, up_loss=0.30, down_loss=0.11),
+    Tier("dense", _p(CodecId.Opus16k, 2.66, 60, 3), 12_000, up_loss=0.44, down_loss=0.24),
+    Tier("severe", _p(CodecId.Opus16k, 2.66, 60, 6), 12_000, up_loss=0.56, down_loss=0.36),
+    Tier("extreme", _p(CodecId.Codec2_3200, 6.75, 100, 4), None, up_loss=1.01, down_loss=0.48),
+)
+
+#: wzp phase 1's profiles as tiers, for interoperability and the baselines.
+PHASE1_TIERS: tuple[Tier, ...] = (
+    Tier("GOOD", GOOD, 24_000, up_loss=0.10, down_loss=0.0),
+    Tier("DEGRADED", DEGRADED, 6_000, up_loss=0.40, down_loss=0.05),
+    Tier("CATASTROPHIC", CATASTROPHIC, None, up_loss=1.01, down_loss=0.25),
+)
+
+
+def tier_named(name: str, ladder: tuple[Tier, ...] = LADDER) -> Tier:
+    for tier in ladder:
+        if tier.name == name:
+            return tier
+    raise KeyError(f"no tier {name!r} (known: {', '.join(t.name for t in ladder)})")
+
+
+def tier_for_profile(profile: Profile, ladder: tuple[Tier, ...] = LADDER) -> Tier:
+    """The ladder tier closest to a negotiated profile (same codec, then same K)."""
+    same_codec = [t for t in ladder if t.codec is profile.codec]
+    if not same_codec:
+        by_family = {
+            CodecId.Codec2_1200: CodecId.Codec2_3200,
+            CodecId.Opus6k: CodecId.Opus16k,
+            CodecId.Opus24k: CodecId.Opus16k,
+        }
+        family = by_family.get(profile.codec, CodecId.Opus16k)
+        same_codec = [t for t in ladder if t.codec is family] or list(ladder)
+    return min(same_codec, key=lambda t: abs(t.profile.fec_ratio - profile.fec_ratio))

@@ -1,0 +1,257 @@
+"""Link quality: what a receiver measures, and how a sender's controller reacts.
+
+:class:`LossWindow` measures packet loss before FEC from the 16-bit seq of every
+packet a sender emits (source and repair alike, SPEC 1.1) over a sliding window of
+recent time, never since call start (ARCHITECTURE rule 8). :class:`JitterMeter` is
+RFC 3550's interarrival jitter. :class:`QualityController` turns the peer's reports
+into a ladder tier: loss decides, RTT never does; more protection at once when loss
+rises past a tier's limit, less only after loss has stayed low for a while; tiers
+the device cannot afford are forbidden from outside.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from math import comb
+
+from ..proto.header import QualityReport
+from .ladder import LADDER, Tier
+
+
+class SeqUnwrapper:
+    """16-bit seq -> monotonic extended seq (serial arithmetic)."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def extend(self, seq: int) -> int:
+        if self._last is None:
+            self._last = seq
+            return seq
+        delta = (seq - self._last) & 0xFFFF
+        if delta >= 0x8000:
+            delta -= 0x10000
+        ext = self._last + delta
+        if ext > self._last:
+            self._last = ext
+        return ext
+
+
+class LossWindow:
+    """Loss before FEC over the packets of the last ``window_s`` seconds.
+
+    Expected packets = the span of extended seqs first seen in the window; received
+    = distinct seqs in it. A late packet still counts as received.
+    """
+
+    def __init__(self, window_s: float = 3.0) -> None:
+        self.window_s = window_s
+        self._unwrap = SeqUnwrapper()
+        self._events: deque[tuple[float, int]] = deque()
+
+    def add(self, seq: int, now: float) -> None:
+        self._events.append((now, self._unwrap.extend(seq)))
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        cutoff = now - self.window_s
+        while self._events and self._events[0][0] < cutoff:
+            self._events.popleft()
+
+    def loss(self, now: float) -> float | None:
+        """Fraction lost (0..1) in the window, or None with too few packets to tell."""
+        self._trim(now)
+        if len(self._events) < 4:
+            return None
+        seqs = {s for _, s in self._events}
+        expected = max(seqs) - min(seqs) + 1
+        return max(0.0, 1.0 - len(seqs) / expected)
+
+
+class JitterMeter:
+    """RFC 3550 interarrival jitter (seconds) from media ts and arrival times."""
+
+    def __init__(self) -> None:
+        self.jitter = 0.0
+        self._prev: float | None = None
+
+    def add(self, media_ts_s: float, arrival: float) -> None:
+        transit = arrival - media_ts_s
+        if self._prev is not None:
+            d = abs(transit - self._prev)
+            self.jitter += (d - self.jitter) / 16.0
+        self._prev = transit
+
+
+@dataclass
+class ControllerState:
+    tier: Tier
+    smoothed_loss: float = 0.0
+    good_reports: int = 0
+    high_reports: int = 0
+    reports: int = 0
+    changes: int = 0
+
+
+class QualityController:
+    """Picks the sending tier from the peer's quality reports.
+
+    * Loss decides. The report's loss is smoothed asymmetrically: it rises fast
+      (``alpha_up``) and falls slowly (``alpha_down``), so protection comes at once
+      and goes only when the link has really improved. Moving down takes
+      ``confirm_reports`` consecutive reports over the limit, except that a report
+      far above it (x1.5) moves at once.
+    * Down the ladder (more protection) as soon as smoothed loss exceeds
+      ``up_loss``; up again only after ``recover_reports`` consecutive reports with
+      smoothed loss under the lower tier's ``down_loss``.
+    * ``allowed`` (set by the device's resource monitor) forbids tiers; the
+      controller then uses the nearest allowed tier on the protective side, or the
+      most protective allowed one.
+    * ``cap_kbps`` from the peer's report excludes tiers whose nominal wire rate is
+      above it, unless no tier fits.
+    * RTT is never an input.
+    * The peer may recommend more protection (``QualityUpdate.recommended_profile``,
+      sent when the loss it hears *after* FEC stays high, as under bursty loss, which
+      the 4-byte report cannot show). A recommendation sets a floor for
+      ``floor_hold_s``; the loss rules still move further down, never above it.
+    """
+
+    def __init__(
+        self,
+        ladder: tuple[Tier, ...] = LADDER,
+        start: Tier | None = None,
+        *,
+        alpha_up: float = 0.3,
+        alpha_down: float = 0.2,
+        recover_reports: int = 6,
+        confirm_reports: int = 2,
+        tier_kbps: dict[str, float] | None = None,
+        floor_hold_s: float = 30.0,
+    ) -> None:
+        self.ladder = ladder
+        self.alpha_up = alpha_up
+        self.alpha_down = alpha_down
+        self.recover_reports = recover_reports
+        self.confirm_reports = confirm_reports
+        self.allowed: set[str] = {t.name for t in ladder}
+        self.tier_kbps = tier_kbps or {}
+        self.cap_kbps: float | None = None
+        self.state = ControllerState(start or ladder[0])
+        self.floor_hold_s = floor_hold_s
+        self._floor = 0
+        self._floor_until = float("-inf")
+        self.recommendations = 0
+
+    @property
+    def tier(self) -> Tier:
+        return self.state.tier
+
+    def _index(self, tier: Tier) -> int:
+        return self.ladder.index(tier)
+
+    def forbid(self, names: set[str]) -> None:
+        """Tiers the device cannot afford now (empty set: all allowed again)."""
+        self.allowed = {t.name for t in self.ladder} - names
+        if not self.allowed:
+            raise ValueError("at least one tier must stay allowed")
+
+    def _usable(self, tier: Tier) -> bool:
+        if tier.name not in self.allowed:
+            return False
+        rate = self.tier_kbps.get(tier.name)
+        return not (self.cap_kbps is not None and rate is not None and rate > self.cap_kbps)
+
+    def _settle(self, wanted: int) -> Tier:
+        """The usable tier nearest ``wanted``; on a tie, the more protective one."""
+        order = sorted(range(len(self.ladder)), key=lambda i: (abs(i - wanted), -i))
+        for i in order:
+            if self._usable(self.ladder[i]):
+                return self.ladder[i]
+        allowed = [t for t in self.ladder if t.name in self.allowed]
+        return allowed[-1]
+
+    def on_recommendation(self, index: int, now: float) -> Tier:
+        """The peer recommends at least ladder tier ``index``; returns the tier to use."""
+        index = max(0, min(index, len(self.ladder) - 1))
+        self.recommendations += 1
+        if now >= self._floor_until or index > self._floor:
+            self._floor = index
+        self._floor_until = now + self.floor_hold_s
+        st = self.state
+        if self._index(st.tier) < index:
+            st.good_reports = st.high_reports = 0
+            new = self._settle(index)
+            if new is not st.tier:
+                st.tier = new
+                st.changes += 1
+        return st.tier
+
+    def on_report(self, report: QualityReport, now: float = 0.0) -> Tier:
+        """Feed one report from the peer; returns the tier to use from the next block."""
+        st = self.state
+        loss = report.loss_percent / 100.0
+        if st.reports == 0:
+            st.smoothed_loss = loss  # no history yet: the first report is the estimate
+        else:
+            alpha = self.alpha_up if loss > st.smoothed_loss else self.alpha_down
+            st.smoothed_loss += alpha * (loss - st.smoothed_loss)
+        st.reports += 1
+        self.cap_kbps = float(report.cap_kbps) if report.cap_kbps else None
+        i = self._index(st.tier)
+        top = len(self.ladder) - 1
+        wanted = i
+        if i < top and loss > 1.5 * self.ladder[i].up_loss + 0.02:
+            # a collapse: move at once, as far as this one report calls for
+            while wanted < top and loss > 1.5 * self.ladder[wanted].up_loss + 0.02:
+                wanted += 1
+            st.smoothed_loss = max(st.smoothed_loss, loss)
+        elif i < top and st.smoothed_loss > self.ladder[i].up_loss:
+            st.high_reports += 1
+            if st.high_reports >= self.confirm_reports:
+                while wanted < top and st.smoothed_loss > self.ladder[wanted].up_loss:
+                    wanted += 1
+        else:
+            st.high_reports = 0
+        if wanted > i:
+            st.good_reports = st.high_reports = 0
+        elif i > 0 and st.smoothed_loss < st.tier.down_loss:
+            st.good_reports += 1
+            if st.good_reports >= self.recover_reports:
+                wanted = i - 1
+                st.good_reports = 0
+        else:
+            st.good_reports = 0
+        if now < self._floor_until:
+            wanted = max(wanted, self._floor)
+        new = self._settle(wanted)
+        if new is not st.tier:
+            st.tier = new
+            st.changes += 1
+        return new
+
+    def reapply_limits(self) -> Tier:
+        """Re-check the current tier against ``allowed`` / cap (after :meth:`forbid`)."""
+        new = self._settle(self._index(self.state.tier))
+        if new is not self.state.tier:
+            self.state.tier = new
+            self.state.changes += 1
+        return new
+
+
+def residual_loss(loss: float, k: int, r: int) -> float:
+    """Expected fraction of frames still lost after RaptorQ, for independent loss ``loss``.
+
+    A source frame stays lost when it is lost and fewer than K of the block's other
+    K + R - 1 packets arrive (RaptorQ treated as MDS; its 1/256 failure rate at exactly
+    K symbols is left out). This is what the Opus decoder will actually face, so it is
+    the loss hint the encoder gets: the pre-FEC loss would make SILK trade quality for
+    robustness that the repair packets already provide.
+    """
+    loss = min(max(loss, 0.0), 1.0)
+    n = k + r - 1
+    ok = 1.0 - loss
+    short = sum(comb(n, i) * ok**i * loss ** (n - i) for i in range(0, min(k, n + 1)))
+    return loss * short

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from wzp.media.codecs import make_tier_encoder
+from wzp.media.ladder import LADDER, PHASE1_TIERS, tier_for_profile, tier_named
+from wzp.media.quality import JitterMeter, LossWindow, QualityController, SeqUnwrapper
+from wzp.media.sender import MediaSender
+from wzp.proto.f32 import repair_count
+from wzp.proto.header import QualityReport
+from wzp.proto.profiles import CATASTROPHIC, GOOD
+
+TAG = 16  # the sender here is unencrypted; the AEAD tag is counted by hand
+QUIC_UDP_IP = 60
+
+
+def _report(loss_pct: float, rtt_ms: float = 600, cap: float = 0) -> QualityReport:
+    return QualityReport.from_measured(loss_pct, rtt_ms, 5, cap)
+
+
+def test_ladder_repair_counts_and_hysteresis_are_consistent() -> None:
+    expected_r = {"clear": 1, "light": 3, "heavy": 6, "dense": 8, "severe": 16, "extreme": 27}
+    for tier in LADDER:
+        assert repair_count(tier.k, tier.profile.fec_ratio) == expected_r[tier.name]
+        assert tier.k + expected_r[tier.name] <= 256  # ESIs fit the header's symbol byte
+    for lighter, heavier in itertools.pairwise(LADDER):
+        assert heavier.down_loss < lighter.up_loss, "hysteresis gap"
+        # more repair per frame, or the same with longer blocks
+        heavier_ratio = repair_count(heavier.k, heavier.profile.fec_ratio) / heavier.k
+        lighter_ratio = repair_count(lighter.k, lighter.profile.fec_ratio) / lighter.k
+        assert heavier_ratio > lighter_ratio or (
+            heavier_ratio == lighter_ratio and heavier.k > lighter.k
+        )
+
+
+def test_every_tier_fits_its_link_budget(speech48) -> None:
+    """Real speech through each tier's sender: wire rate with every header counted.
+
+    Push-to-talk on a 100 kbit/s link needs <= 100 kbit/s in one direction; the two
+    light tiers must leave room for a full-duplex call on it (<= 50 kbit/s).
+    """
+    seconds = 8
+    pcm = speech48[: seconds * 48_000]
+    for tier in LADDER:
+        sender = MediaSender(tier, make_tier_encoder())
+        wire = 0
+        pos = 0
+        while pos + sender.frame_samples <= len(pcm):
+            for d in sender.push_frame(pcm[pos : pos + sender.frame_samples]):
+                wire += len(d) + TAG + QUIC_UDP_IP
+            pos += sender.frame_samples
+        kbps = wire * 8 / seconds / 1000
+        limit = 50 if tier.name in ("clear", "light") else 100
+        print(f"\n[ladder] {tier.name}: {kbps:.1f} kbit/s on the wire")
+        assert kbps <= limit, (tier.name, kbps)
+
+
+def test_loss_window_measures_recent_loss_only() -> None:
+    w = LossWindow(window_s=3.0)
+    t = 0.0
+    for seq in range(0, 200):  # 10 s clean at 20 pkt/s
+        w.add(seq, t)
+        t += 0.05
+    assert w.loss(t) == 0.0
+    rng = random.Random(3)
+    for seq in range(200, 400):  # then 30 % loss
+        if rng.random() >= 0.3:
+            w.add(seq, t)
+        t += 0.05
+    loss = w.loss(t)
+    assert loss is not None and 0.15 < loss < 0.45  # window only, not since call start
+    assert LossWindow().loss(0.0) is None
+
+
+def test_seq_unwrapper_wraps() -> None:
+    u = SeqUnwrapper()
+    assert [u.extend(s) for s in (65534, 65535, 0, 1, 65535, 2)] == [
+        65534,
+        65535,
+        65536,
+        65537,
+        65535,
+        65538,
+    ]
+
+
+def test_jitter_meter() -> None:
+    j = JitterMeter()
+    for i in range(200):
+        j.add(i * 0.02, 1.0 + i * 0.02 + (0.01 if i % 2 else 0.0))
+    assert 0.008 < j.jitter < 0.011
+
+
+def test_controller_moves_down_fast_and_up_slowly() -> None:
+    c = QualityController(LADDER)
+    assert c.tier.name == "clear"
+    c.on_report(_report(50))
+    assert c.tier.name in ("dense", "severe")  # a collapse moves several tiers at once
+    for _ in range(3):
+        c.on_report(_report(50))
+    assert c.tier.name == "severe"
+    # loss falls: it takes several consecutive good reports for each step up
+    steps = []
+    for _ in range(80):
+        steps.append(c.on_report(_report(0)).name)
+    assert steps[0] == "severe" and steps[-1] == "clear"
+    assert steps.index("dense") >= 5
+
+
+def test_controller_does_not_flap_near_a_threshold() -> None:
+    c = QualityController(LADDER)
+    rng = random.Random(7)
+    changes = 0
+    prev = c.tier
+    for _ in range(300):  # loss hovering around light's up_loss (15 %)
+        t = c.on_report(_report(max(0.0, rng.gauss(17.0, 4.0))))
+        changes += t is not prev
+        prev = t
+    assert changes <= 6
+
+
+def test_rtt_alone_never_lowers_quality() -> None:
+    c = QualityController(LADDER)
+    for rtt in (300, 500, 800, 1020):
+        assert c.on_report(_report(0.0, rtt_ms=rtt)).name == "clear"
+
+
+def test_forbidden_tiers_and_cap() -> None:
+    kbps = {"clear": 38, "light": 47, "heavy": 89, "dense": 89, "severe": 91, "extreme": 84}
+    c = QualityController(LADDER, tier_kbps=kbps)
+    c.forbid({"clear", "light"})
+    assert c.reapply_limits().name == "heavy"
+    assert c.on_report(_report(0)).name == "heavy"  # can't go back up to forbidden tiers
+    c.forbid(set())
+    for _ in range(20):
+        c.on_report(_report(0, cap=40))
+    assert c.tier.name == "clear"  # 38 kbit/s fits the 40 kbit/s cap
+    with pytest.raises(ValueError):
+        c.forbid({t.name for t in LADDER})
+
+
+def test_tier_lookup() -> None:
+    assert tier_named("heavy").k == 3
+    with pytest.raises(KeyError):
+        tier_named("nope")
+    assert tier_for_profile(GOOD).codec.name.startswith("Opus")
+    assert tier_for_profile(CATASTROPHIC).name == "extreme"
+    assert len(PHASE1_TIERS) == 3
