@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..media.codecs import DEFAULT_COMPLEXITY
 from ..media.ladder import LADDER, Tier
 from ..media.playout import FrameFate
 from ..proto.codecs import CodecId
@@ -39,7 +40,9 @@ ONE_WAY_DELAY_S = 0.300
 WARMUP_S = 6.0
 SAMPLE_RATE = 48_000
 
-#: the two baselines: one tier each, no RaptorQ repair (ratio 0, K = 1)
+#: the two baselines: one tier each, no RaptorQ repair (ratio 0, K = 1), Opus at
+#: complexity 10 (libopus 1.3 puts no in-band FEC into 16 kbit/s packets below that)
+BASELINE_COMPLEXITY = 10
 BASELINES: dict[str, tuple[Tier, ...]] = {
     "opus16k-plc": (
         Tier("opus16k-plc", Profile(CodecId.Opus16k, 0.0, 20, 1), 16_000, 1.01, 0.0, False),
@@ -60,6 +63,12 @@ def default_codecs() -> Codecs:
     from ..media.codecs import make_frame_decoder, make_tier_encoder
 
     return Codecs(make_tier_encoder, make_frame_decoder)
+
+
+def baseline_codecs() -> Codecs:
+    from ..media.codecs import make_frame_decoder, make_tier_encoder
+
+    return Codecs(lambda: make_tier_encoder(BASELINE_COMPLEXITY), make_frame_decoder)
 
 
 def _align(ref: np.ndarray, deg: np.ndarray, rate: int, max_lag_s: float) -> np.ndarray:
@@ -178,6 +187,7 @@ def run_quality(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     codecs = codecs or default_codecs()
+    base_codecs = baseline_codecs()
     raw, rate = load_speech(speech)
     x48 = to_int16(resample(raw, rate, SAMPLE_RATE))
     warm_n = int(WARMUP_S * SAMPLE_RATE)
@@ -193,14 +203,15 @@ def run_quality(
         for loss in losses:
             for system in systems:
                 ladder = LADDER if system == "wzp" else BASELINES[system]
+                sys_codecs = codecs if system == "wzp" else base_codecs
                 link = LinkConfig(
                     loss=loss / 100, burst=burst if loss else 1.0, delay_s=ONE_WAY_DELAY_S
                 )
                 result = simulate_call(
                     signal,
                     ladder=ladder,
-                    encoder_factory=codecs.encoder_factory,
-                    decoder_factory=codecs.decoder_factory,
+                    encoder_factory=sys_codecs.encoder_factory,
+                    decoder_factory=sys_codecs.decoder_factory,
                     link=link,
                     seed=derive_seed(seed, f"{model}-{loss}"),
                     measure_from_s=WARMUP_S,
@@ -233,6 +244,7 @@ def run_quality(
             "warmup_s": WARMUP_S,
             "losses_pct": list(losses),
             "models": {m: {"mean_burst": b} for m, b in models},
+            "opus_complexity": {"wzp": DEFAULT_COMPLEXITY, "baselines": BASELINE_COMPLEXITY},
             "wire_overhead_bytes": "12 header + 16 tag + 60 QUIC/UDP/IP per packet (+1 K byte "
             "on repairs, +4 report about once a second)",
             "ladder": [

@@ -1,0 +1,1 @@
+"""Benchmarks behind `wzp bench`: they run the product on simulated links and write JSON."""
