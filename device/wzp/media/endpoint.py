@@ -35,8 +35,11 @@ REPORT_INTERVAL_S = 0.5
 KEEPALIVE_COPIES = 2
 #: residual loss (after FEC) over the last 3 s above which the receiver asks for more
 #: protection with a QualityUpdate, and how often it may ask
-RECOMMEND_RESIDUAL = 0.04
+RECOMMEND_RESIDUAL = 0.03
+RECOMMEND_EVENTS = 2
 RECOMMEND_WINDOW_S = 5.0
+#: crossing from Opus to Codec2 trades quality for robustness: only past this residual
+RECOMMEND_CROSS_CODEC_RESIDUAL = 0.10
 
 
 @dataclass
@@ -148,11 +151,17 @@ class MediaEndpoint:
         for rx in self.receiver.streams.values():
             if rx.sender_shape is None or now - rx.shape_since < RECOMMEND_WINDOW_S:
                 continue  # judge a tier only on audio it alone produced
-            residual, due = rx.playout.residual(now, RECOMMEND_WINDOW_S)
-            if due < 20 or residual <= RECOMMEND_RESIDUAL:
+            residual, due, events = rx.playout.residual(now, RECOMMEND_WINDOW_S)
+            # two separate failures, not one unlucky block: bursts, not chance
+            if due < 20 or residual <= RECOMMEND_RESIDUAL or events < RECOMMEND_EVENTS:
                 continue
             idx = self._ladder_index(*rx.sender_shape)
             if idx is None or idx + 1 >= len(self.ladder):
+                continue
+            here, there = self.ladder[idx], self.ladder[idx + 1]
+            if here.codec.is_opus != there.codec.is_opus and residual <= (
+                RECOMMEND_CROSS_CODEC_RESIDUAL
+            ):
                 continue
             report = self.receiver.report(now, self.rtt_ms, self.cap_kbps)
             self._signals.append(

@@ -98,7 +98,8 @@ class PlayoutConfig:
     max_conceal_ms: int = 240  # conceal at most this long with nothing queued, then idle
     transit_window_s: float = 4.0
     fec_on_loss: float = 0.003  # pre-FEC loss above which the FEC wait is kept
-    fec_off_loss: float = 0.0005  # ... and below which it is dropped
+    fec_off_loss: float = 0.0005  # ... and below which it may be dropped,
+    fec_off_after_s: float = 20.0  # ... once no loss has been seen for this long
     quiet_rms: float = 300.0  # a decoded frame below this RMS counts as a pause
     max_step_periods: int = 16  # at most this many periods inserted at once
     shrink_after_s: float = 4.0  # a lower target must hold this long before the buffer shrinks
@@ -150,6 +151,7 @@ class Playout:
         # until the loss window says the link is clean, wait for repairs: the start
         # of a talk spurt is where a lost syllable hurts most
         self._fec_active = True
+        self._last_loss_at = float("-inf")
         self._pending_since: float | None = None
         self._last_rms = 0.0
         self._fates: deque[tuple[float, bool]] = deque()  # (time, lost) of recent frames
@@ -164,13 +166,21 @@ class Playout:
         self._span_ms = max(0, span_ms)
         self._frame_ms = max(0, frame_ms)
 
-    def set_loss(self, pre_fec_loss: float | None) -> None:
-        """Measured loss before FEC decides whether the FEC wait is worth its delay."""
+    def set_loss(self, pre_fec_loss: float | None, now: float) -> None:
+        """Measured loss before FEC decides whether the FEC wait is worth its delay.
+
+        Any loss turns the wait on at once; it goes only after ``fec_off_after_s`` with
+        a clean window, since bursty links have long clean stretches between bursts.
+        """
         if pre_fec_loss is None:
             return
         if pre_fec_loss > self.config.fec_on_loss:
             self._fec_active = True
-        elif pre_fec_loss < self.config.fec_off_loss:
+            self._last_loss_at = now
+        elif (
+            pre_fec_loss < self.config.fec_off_loss
+            and now - self._last_loss_at >= self.config.fec_off_after_s
+        ):
             self._fec_active = False
 
     @property
@@ -384,12 +394,17 @@ class Playout:
             self.stats.inserted += periods
             self._log_event(self._hold_at, periods, FrameFate.INSERTED)
 
-    def residual(self, now: float, window_s: float = 3.0) -> tuple[float, int]:
-        """(fraction of frames concealed, frames due) over the last ``window_s``: loss after FEC."""
+    def residual(self, now: float, window_s: float = 3.0) -> tuple[float, int, int]:
+        """Loss after FEC over the last ``window_s``: (fraction of frames concealed,
+        frames due, loss events), a loss event being a run of consecutive concealed frames."""
         while self._fates and self._fates[0][0] < now - window_s:
             self._fates.popleft()
         due = len(self._fates)
-        return (sum(lost for _, lost in self._fates) / due if due else 0.0), due
+        lost = sum(x for _, x in self._fates)
+        events = sum(
+            1 for i, (_, x) in enumerate(self._fates) if x and (i == 0 or not self._fates[i - 1][1])
+        )
+        return (lost / due if due else 0.0), due, events
 
     def _emit(self, pcm: np.ndarray, ts: int, dur_ms: int, at: float, fate: FrameFate) -> None:
         self._fifo = np.concatenate((self._fifo, pcm.astype(np.int16, copy=False)))

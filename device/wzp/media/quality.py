@@ -126,10 +126,10 @@ class QualityController:
         *,
         alpha_up: float = 0.3,
         alpha_down: float = 0.2,
-        recover_reports: int = 6,
+        recover_reports: int = 16,
         confirm_reports: int = 2,
         tier_kbps: dict[str, float] | None = None,
-        floor_hold_s: float = 30.0,
+        floor_hold_s: float = 60.0,
     ) -> None:
         self.ladder = ladder
         self.alpha_up = alpha_up

@@ -83,7 +83,7 @@ class StreamReceiver:
         self.last_arrival = now
         self.loss.add(header.seq, now)
         self._ratio_e = header.ratio_e
-        self.playout.set_loss(self.loss.loss(now))
+        self.playout.set_loss(self.loss.loss(now), now)
         ts = self._ts.extend(header.ts)
         if not header.is_repair and not payload:
             return  # keep-alive: it carried a report and a seq, nothing to play

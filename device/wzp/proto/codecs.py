@@ -19,6 +19,10 @@ class CodecId(IntEnum):
     Opus48k = 7
     Opus64k = 8
 
+    @property
+    def is_opus(self) -> bool:
+        return CODEC_INFO[self].is_opus
+
 
 #: Ids a receiver accepts (SPEC 1.2 [change]); 9..15 are dropped and counted.
 MAX_KNOWN_CODEC = 8
