@@ -7,7 +7,7 @@ import pytest
 
 from wzp.media.codecs import make_tier_encoder
 from wzp.media.ladder import LADDER, PHASE1_TIERS, tier_for_profile, tier_named
-from wzp.media.quality import JitterMeter, LossWindow, QualityController, SeqUnwrapper
+from wzp.media.quality import JitterMeter, LossWindow, QualityController, Unwrapper
 from wzp.media.sender import MediaSender
 from wzp.proto.f32 import repair_count
 from wzp.proto.header import QualityReport
@@ -75,16 +75,13 @@ def test_loss_window_measures_recent_loss_only() -> None:
     assert LossWindow().loss(0.0) is None
 
 
-def test_seq_unwrapper_wraps() -> None:
-    u = SeqUnwrapper()
-    assert [u.extend(s) for s in (65534, 65535, 0, 1, 65535, 2)] == [
-        65534,
-        65535,
-        65536,
-        65537,
-        65535,
-        65538,
-    ]
+def test_unwrapper_wraps() -> None:
+    u = Unwrapper(16)
+    seqs = (65534, 65535, 0, 1, 65535, 2)
+    assert [u.extend(s) for s in seqs] == [65534, 65535, 65536, 65537, 65535, 65538]
+    t = Unwrapper(32)
+    got = [t.extend(x) for x in (2**32 - 20, 40, 2**32 - 10)]
+    assert got == [2**32 - 20, 2**32 + 40, 2**32 - 10]
 
 
 def test_jitter_meter() -> None:

@@ -19,24 +19,28 @@ from ..proto.header import QualityReport
 from .ladder import LADDER, Tier
 
 
-class SeqUnwrapper:
-    """16-bit seq -> monotonic extended seq (serial arithmetic)."""
+class Unwrapper:
+    """A wrapping ``bits``-wide counter -> monotonic int (serial number arithmetic).
 
-    __slots__ = ("_last",)
+    A value more than half the range behind the newest is taken as ahead (wrapped).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_half", "_last", "_mod")
+
+    def __init__(self, bits: int) -> None:
+        self._mod = 1 << bits
+        self._half = 1 << (bits - 1)
         self._last: int | None = None
 
-    def extend(self, seq: int) -> int:
+    def extend(self, value: int) -> int:
         if self._last is None:
-            self._last = seq
-            return seq
-        delta = (seq - self._last) & 0xFFFF
-        if delta >= 0x8000:
-            delta -= 0x10000
+            self._last = value
+            return value
+        delta = (value - self._last) % self._mod
+        if delta >= self._half:
+            delta -= self._mod
         ext = self._last + delta
-        if ext > self._last:
-            self._last = ext
+        self._last = max(self._last, ext)
         return ext
 
 
@@ -49,7 +53,7 @@ class LossWindow:
 
     def __init__(self, window_s: float = 3.0) -> None:
         self.window_s = window_s
-        self._unwrap = SeqUnwrapper()
+        self._unwrap = Unwrapper(16)
         self._events: deque[tuple[float, int]] = deque()
 
     def add(self, seq: int, now: float) -> None:

@@ -19,30 +19,10 @@ from ..fec.backend import FecBackend, default_backend
 from ..fec.block import BlockDecoder, FecError
 from ..proto.header import Datagram, Drop, DropReason, MediaHeader, QualityReport, parse_datagram
 from .playout import SAMPLE_RATE, FrameDecoder, Played, Playout, PlayoutConfig
-from .quality import LossWindow
+from .quality import LossWindow, Unwrapper
 
 #: open FEC blocks kept per stream (older ones are past their playout time)
 MAX_OPEN_BLOCKS = 12
-
-
-class TsUnwrapper:
-    """u32 media ms -> monotonic int (serial arithmetic)."""
-
-    __slots__ = ("_last",)
-
-    def __init__(self) -> None:
-        self._last: int | None = None
-
-    def extend(self, ts: int) -> int:
-        if self._last is None:
-            self._last = ts
-            return ts
-        delta = (ts - self._last) & 0xFFFF_FFFF
-        if delta >= 0x8000_0000:
-            delta -= 0x1_0000_0000
-        ext = self._last + delta
-        self._last = max(self._last, ext)
-        return ext
 
 
 @dataclass
@@ -66,7 +46,7 @@ class StreamReceiver:
     def __post_init__(self) -> None:
         self.playout = Playout(self.decoder, self.playout_config, self.log)
         self.loss = LossWindow()
-        self._ts = TsUnwrapper()
+        self._ts = Unwrapper(32)  # media time, u32 ms
         self._blocks: OrderedDict[int, _Block] = OrderedDict()
         self.packets = 0
         self.recovered = 0
