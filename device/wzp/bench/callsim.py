@@ -117,7 +117,6 @@ def simulate_call(
         encoder_factory(), decoder_factory, b_tx, b_rx, ladder, start, backend=backend,
         keep_log=True,
     )  # fmt: skip
-    listener.sending = False
     fwd = Link(link, derive_seed(seed, "fwd"))
     rev = Link(link, derive_seed(seed, "rev"))
     signalling = ReliableSim(Link(link, derive_seed(seed, "sig")), 2 * link.delay_s + 0.2)

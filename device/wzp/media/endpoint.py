@@ -77,7 +77,8 @@ class MediaEndpoint:
         self._next_recommend = 0.0
         self._signals: list[QualityUpdate] = []
         self._reports_seen = 0
-        self.sending = True
+        self._last_capture: float | None = None
+        self._released = False
 
     # -- sending -------------------------------------------------------------------------
 
@@ -91,13 +92,20 @@ class MediaEndpoint:
 
     def capture(self, pcm48: np.ndarray, now: float) -> list[bytes]:
         """One captured frame of :attr:`frame_samples` -> datagrams to send now."""
-        self.sending = True
+        self._last_capture = now
+        self._released = False
         return self.sender.push_frame(pcm48)
 
     def stop_sending(self) -> list[bytes]:
         """Push-to-talk released: close the open block so its repairs go out now."""
-        self.sending = False
+        self._released = True
         return self.sender.close_block()
+
+    def sending(self, now: float) -> bool:
+        """Whether media packets are flowing (reports can ride on them)."""
+        if self._released or self._last_capture is None:
+            return False
+        return now - self._last_capture <= 3 * self.sender.tier.frame_ms / 1000
 
     def forbid_tiers(self, names: set[str]) -> None:
         """The device cannot afford these tiers now (resource monitor)."""
@@ -189,7 +197,7 @@ class MediaEndpoint:
         self._maybe_recommend(now)
         report = self.receiver.report(now, self.rtt_ms, self.cap_kbps)
         self.sender.attach_report(report, copies=3)
-        if not self.sending:
+        if not self.sending(now):
             copies = []
             for _ in range(KEEPALIVE_COPIES):
                 self.sender.attach_report(report)

@@ -1,0 +1,491 @@
+"""The call engine: session state, signed handshake, signalling, rekey and media, pure.
+
+One :class:`CallEngine` is one handset's side of calls, one call at a time. It never
+touches a socket: the transport feeds it what arrived (:meth:`on_connected`,
+:meth:`on_message`, :meth:`on_datagram`, :meth:`on_transport_closed`), the user's
+actions (:meth:`dial`, :meth:`answer`, :meth:`hangup`), captured audio and the time;
+it answers with signalling messages and datagrams to send (:meth:`take_messages`,
+:meth:`take_datagrams`), audio to play, and :class:`CallEvent` records of what
+happened, which the daemon turns into LEDs and status. The CLI, the daemon, the demo,
+the tests and (through :attr:`CallEngine.media`) the relay's members share this one
+implementation.
+
+Handshake (SPEC 6): the caller sends ``CallOffer`` signed for the callee's
+fingerprint; the callee checks the signature, its accept policy and that it is idle,
+answers ``Ringing`` and rings; when the user answers it sends ``CallAnswer`` signed
+for the caller and both derive the direction keys. Every message carries the call id
+and a message for another call id is ignored (counted), so a late Hangup never ends
+the next call. The caller rekeys after 2^15 packets or 10 minutes (SPEC 6.6); media
+that arrives under the next epoch before its keys is held (up to 2 s) and opened
+once they are installed, so a rekey leaves no gap.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..crypto.handshake import (
+    Ephemeral,
+    EpochKeys,
+    HandshakeError,
+    Role,
+    initial_keys,
+    new_call_id,
+    next_epoch_keys,
+    sign_answer,
+    sign_offer,
+    sign_rekey,
+    verify_answer,
+    verify_offer,
+    verify_rekey,
+)
+from ..crypto.identity import Identity, fingerprint
+from ..crypto.media import MediaCrypto
+from ..proto import signal as sig
+from ..proto.header import Datagram, DropReason, parse_datagram
+from ..proto.profiles import PHASE1_PROFILES, Profile
+from ..proto.session import EndReason, Session, SessionError, StaleEvent, State
+from .endpoint import MediaEndpoint
+from .ladder import LADDER, Tier, tier_for_profile
+from .playout import FrameDecoder
+from .sender import TierEncoder
+
+#: call ids remembered to refuse a replayed CallOffer
+SEEN_CALL_IDS = 4096
+#: how long media under a not-yet-known epoch is held for its keys
+HOLD_NEXT_EPOCH_S = 2.0
+MAX_HELD = 256
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    at: float
+    kind: str  # "state", "refused", "rekey", "stale", "error"
+    state: State
+    detail: str = ""
+
+
+@dataclass
+class CallStats:
+    messages_in: Counter[str] = field(default_factory=Counter)
+    messages_out: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+    stale: int = 0
+    rekeys: int = 0
+    held_for_rekey: int = 0
+
+
+def _hex(b: bytes) -> str:
+    return b.hex()
+
+
+class CallEngine:
+    """One handset's calls (pure; time is passed in)."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        encoder_factory: Callable[[], TierEncoder],
+        decoder_factory: Callable[[], FrameDecoder],
+        *,
+        accept: Callable[[bytes], bool] = lambda fp: True,
+        alias: str | None = None,
+        ladder: tuple[Tier, ...] = LADDER,
+        rekey_after_s: float | None = None,
+    ) -> None:
+        self.identity = identity
+        self.encoder_factory = encoder_factory
+        self.decoder_factory = decoder_factory
+        self.accept = accept
+        self.alias = alias
+        self.ladder = ladder
+        self.rekey_after_s = rekey_after_s  # override SPEC's 10 minutes (tests, demo)
+        self.session = Session()
+        self.stats = CallStats()
+        self.media: MediaEndpoint | None = None
+        self.peer_identity: bytes | None = None
+        self.role: Role | None = None
+        self._expected_peer: bytes | None = None
+        self._eph: Ephemeral | None = None
+        self._offer: sig.CallOffer | None = None
+        self._keys: EpochKeys | None = None
+        self._crypto: MediaCrypto | None = None
+        self._rekey_eph: Ephemeral | None = None
+        self._peer_rekey_pub: bytes | None = None
+        self._held: list[tuple[float, bytes]] = []
+        self._out_msgs: list[sig.Message] = []
+        self._out_dgrams: list[bytes] = []
+        self.events: list[CallEvent] = []
+        self._seen_calls: OrderedDict[bytes, None] = OrderedDict()
+        self._epoch_started = 0.0
+        self.rtt_ms = 0.0
+
+    # -- outputs ----------------------------------------------------------------------
+
+    def take_messages(self) -> list[sig.Message]:
+        out, self._out_msgs = self._out_msgs, []
+        return out
+
+    def take_datagrams(self) -> list[bytes]:
+        out, self._out_dgrams = self._out_dgrams, []
+        return out
+
+    def take_events(self) -> list[CallEvent]:
+        out, self.events = self.events, []
+        return out
+
+    @property
+    def state(self) -> State:
+        return self.session.state
+
+    @property
+    def call_id(self) -> bytes | None:
+        return self.session.call_id
+
+    def _send(self, msg: sig.Message) -> None:
+        self.stats.messages_out[type(msg).__name__] += 1
+        self._out_msgs.append(msg)
+
+    def _event(self, now: float, kind: str, detail: str = "") -> None:
+        self.events.append(CallEvent(now, kind, self.session.state, detail))
+
+    # -- user actions -----------------------------------------------------------------
+
+    def dial(self, peer_fingerprint: bytes, now: float) -> bytes:
+        """Start a call to ``peer_fingerprint``; the transport now connects to the peer."""
+        call_id = new_call_id()
+        self.session.dial(call_id, peer_fingerprint, now)
+        self.role = Role.CALLER
+        self._expected_peer = peer_fingerprint
+        self._event(now, "state", "dialing")
+        return call_id
+
+    def answer(self, now: float) -> None:
+        """The user answers the ringing call."""
+        if self.session.state is not State.RINGING or self._offer is None:
+            raise SessionError("nothing is ringing")
+        offer = self._offer
+        eph = Ephemeral.generate()
+        caller_fp = fingerprint(offer.identity_pub)
+        chosen = _choose_profile(offer.supported_profiles)
+        self._send(
+            sig.CallAnswer(
+                identity_pub=self.identity.ed25519_pub,
+                ephemeral_pub=eph.public,
+                signature=sign_answer(self.identity, eph, caller_fp),
+                chosen_profile=chosen,
+                call_id=_hex(self.session.call_id or b""),
+            )
+        )
+        keys = initial_keys(eph, offer.ephemeral_pub, Role.CALLEE)
+        self.session.answer(now)
+        self._start_media(keys, Role.CALLEE, chosen, now)
+
+    def hangup(self, now: float, reason: EndReason = EndReason.NORMAL, detail: str = "") -> None:
+        """End the call (user, failure); tells the peer when a call id exists."""
+        if not self.session.live:
+            return
+        if self.session.call_id is not None:
+            self._send(sig.Hangup(reason=reason.value, call_id=_hex(self.session.call_id)))
+        self._close(reason, now, detail or "hung up here")
+
+    def _close(self, reason: EndReason, now: float, detail: str) -> None:
+        if self.session.close(reason, now, detail) is not None:
+            self._event(now, "state", f"{reason.value}: {detail}")
+        self.media = None
+        self._crypto = None
+        self._keys = None
+        self._held.clear()
+
+    def reset(self, now: float) -> None:
+        """After a closed call, back to idle for the next one."""
+        if self.session.state is State.CLOSED:
+            self.session.reset(now)
+            self._offer = None
+            self.peer_identity = None
+            self.role = None
+            self._event(now, "state", "idle")
+
+    # -- transport events -------------------------------------------------------------
+
+    def on_connected(self, now: float, peer_fingerprint: bytes | None = None) -> None:
+        """The caller's transport is up (peer certificate checked): send the offer."""
+        if self.session.state is not State.CONNECTING or self.session.call_id is None:
+            return
+        if (
+            peer_fingerprint is not None
+            and self._expected_peer is not None
+            and peer_fingerprint != self._expected_peer
+        ):
+            self.hangup(now, EndReason.ERROR, "peer certificate does not match the contact")
+            return
+        self._eph = Ephemeral.generate()
+        callee = self._expected_peer or b""
+        self._send(
+            sig.CallOffer(
+                identity_pub=self.identity.ed25519_pub,
+                ephemeral_pub=self._eph.public,
+                signature=sign_offer(self.identity, self._eph, callee),
+                supported_profiles=PHASE1_PROFILES,
+                call_id=_hex(self.session.call_id),
+                alias=self.alias,
+            )
+        )
+        self.session.connected(self.session.call_id, now)
+        self._event(now, "state", "offer sent")
+
+    def on_transport_closed(self, now: float, reason: str) -> None:
+        """The connection died (idle timeout, reset): the call ends with ``Timeout``."""
+        if self.session.live:
+            self._close(EndReason.TIMEOUT, now, reason)
+
+    def on_message(self, msg: sig.Message | sig.UnknownMessage, now: float) -> None:
+        """One signalling message from the peer. Never raises."""
+        name = type(msg).__name__
+        self.stats.messages_in[name] += 1
+        try:
+            handler = _HANDLERS.get(type(msg))
+            if handler is None:
+                self._event(now, "error", f"ignored message {getattr(msg, 'name', name)}")
+                return
+            handler(self, msg, now)
+        except StaleEvent as exc:
+            self.stats.stale += 1
+            self._event(now, "stale", str(exc))
+        except (SessionError, HandshakeError, ValueError) as exc:
+            self.stats.refused[name] += 1
+            self._event(now, "refused", f"{name}: {exc}")
+
+    def _call_id_of(self, msg: object) -> bytes | None:
+        cid = getattr(msg, "call_id", None)
+        return bytes.fromhex(cid) if cid else None
+
+    def _on_offer(self, msg: sig.CallOffer, now: float) -> None:
+        caller_fp = fingerprint(msg.identity_pub)
+        call_id = self._call_id_of(msg)
+        if call_id is None:
+            raise HandshakeError("offer without call_id")
+        if self.session.live and call_id != self.session.call_id:
+            self.stats.refused["busy"] += 1
+            self._send(sig.Hangup(reason="Busy", call_id=_hex(call_id)))
+            self._event(now, "refused", "busy")
+            return
+        try:
+            verify_offer(msg.identity_pub, msg.ephemeral_pub, msg.signature, self.identity)
+        except HandshakeError:
+            self.stats.refused["bad-signature"] += 1
+            self._send(sig.Hangup(reason="Error", call_id=_hex(call_id)))
+            self._event(now, "refused", "bad signature on CallOffer")
+            return
+        if call_id in self._seen_calls:  # checked after the signature: no forged blocking
+            self.stats.refused["replayed-offer"] += 1
+            self._event(now, "refused", f"replayed CallOffer for call {call_id.hex()}")
+            return  # no answer at all: a replay gets nothing to work with
+        if not self.accept(caller_fp):
+            self.stats.refused["not-allowed"] += 1
+            self._send(sig.Hangup(reason="Declined", call_id=_hex(call_id)))
+            self._event(now, "refused", f"caller {caller_fp.hex()} is not a contact")
+            return
+        self._seen_calls[call_id] = None
+        while len(self._seen_calls) > SEEN_CALL_IDS:
+            self._seen_calls.popitem(last=False)
+        if self.session.state is State.CLOSED:
+            self.reset(now)
+        self.session.incoming(call_id, caller_fp, now)
+        self.role = Role.CALLEE
+        self._offer = msg
+        self.peer_identity = msg.identity_pub
+        self._send(sig.Ringing(call_id=_hex(call_id)))
+        self._event(now, "state", f"ringing: {msg.alias or caller_fp.hex()}")
+
+    def _on_ringing(self, msg: sig.Ringing, now: float) -> None:
+        cid = self._call_id_of(msg)
+        self.session.remote_ringing(cid or b"", now)
+        self._event(now, "state", "peer is ringing")
+
+    def _on_answer(self, msg: sig.CallAnswer, now: float) -> None:
+        cid = self._call_id_of(msg) or b""
+        if cid != self.session.call_id:
+            raise StaleEvent(f"CallAnswer for call {cid.hex()}")
+        if self._eph is None:
+            raise SessionError("CallAnswer before an offer was sent")
+        if self._expected_peer and fingerprint(msg.identity_pub) != self._expected_peer:
+            self.hangup(now, EndReason.ERROR, "answer from another identity")
+            return
+        try:
+            verify_answer(msg.identity_pub, msg.ephemeral_pub, msg.signature, self.identity)
+            keys = initial_keys(self._eph, msg.ephemeral_pub, Role.CALLER)
+        except HandshakeError as exc:
+            self.hangup(now, EndReason.ERROR, f"CallAnswer refused: {exc.reason}")
+            return
+        self.session.answered(cid, now)
+        self.peer_identity = msg.identity_pub
+        self._start_media(keys, Role.CALLER, msg.chosen_profile, now)
+
+    def _on_hangup(self, msg: sig.Hangup, now: float) -> None:
+        cid = self._call_id_of(msg)
+        if cid is None or cid != self.session.call_id:
+            raise StaleEvent(f"Hangup for call {cid.hex() if cid else 'none'}")
+        reason = EndReason(msg.reason.value)
+        self._close(reason, now, "peer hung up" if reason is EndReason.NORMAL else "peer")
+
+    def _on_ping(self, msg: sig.Ping, now: float) -> None:
+        self._send(sig.Pong(timestamp_ms=msg.timestamp_ms))
+
+    def _on_pong(self, msg: sig.Pong, now: float) -> None:
+        self.rtt_ms = max(0.0, now * 1000 - msg.timestamp_ms)
+        if self.media is not None:
+            self.media.rtt_ms = self.rtt_ms
+
+    def _on_quality_update(self, msg: sig.QualityUpdate, now: float) -> None:
+        if self.media is not None:
+            self.media.on_quality_update(msg, now)
+
+    def _on_rekey(self, msg: sig.Rekey, now: float) -> None:
+        cid = self._call_id_of(msg) or b""
+        if cid != self.session.call_id:
+            raise StaleEvent(f"Rekey for call {cid.hex()}")
+        if self.peer_identity is None or self._keys is None:
+            raise SessionError("Rekey outside an active call")
+        verify_rekey(self.peer_identity, msg.new_ephemeral_pub, msg.signature, cid)
+        if self.session.state is State.ACTIVE:
+            # the peer started it: answer with our own new key, then switch
+            self.session.rekey_started(cid, now)
+            self._rekey_eph = Ephemeral.generate()
+            self._send(
+                sig.Rekey(
+                    new_ephemeral_pub=self._rekey_eph.public,
+                    signature=sign_rekey(self.identity, self._rekey_eph, cid),
+                    call_id=_hex(cid),
+                )
+            )
+        if self._rekey_eph is None:
+            raise SessionError("Rekey with no rekey under way")
+        self._finish_rekey(msg.new_ephemeral_pub, now)
+
+    # -- media ------------------------------------------------------------------------
+
+    def _start_media(self, keys: EpochKeys, role: Role, profile: Profile, now: float) -> None:
+        self._keys = keys
+        self._crypto = MediaCrypto(role, keys, now)
+        self._epoch_started = now
+        self.media = MediaEndpoint(
+            self.encoder_factory(),
+            self.decoder_factory,
+            self._crypto,
+            self._crypto,
+            self.ladder,
+            tier_for_profile(profile, self.ladder),
+        )
+        self.media.rtt_ms = self.rtt_ms
+        self._event(now, "state", "in call")
+
+    def start_rekey(self, now: float) -> None:
+        """The caller's side of SPEC 6.6 (also callable by tests)."""
+        cid = self.session.call_id
+        if self.session.state is not State.ACTIVE or cid is None or self._keys is None:
+            return
+        self.session.rekey_started(cid, now)
+        self._rekey_eph = Ephemeral.generate()
+        self._send(
+            sig.Rekey(
+                new_ephemeral_pub=self._rekey_eph.public,
+                signature=sign_rekey(self.identity, self._rekey_eph, cid),
+                call_id=_hex(cid),
+            )
+        )
+        self._event(now, "rekey", "started")
+
+    def _finish_rekey(self, peer_new_pub: bytes, now: float) -> None:
+        assert self._rekey_eph is not None and self._keys is not None and self.role is not None
+        new = next_epoch_keys(self._keys, self._rekey_eph, peer_new_pub, self.role)
+        self._keys = new
+        if self._crypto is not None:
+            self._crypto.install(new, now)
+        self._rekey_eph = None
+        self._epoch_started = now
+        self.stats.rekeys += 1
+        cid = self.session.call_id or b""
+        self.session.rekey_done(cid, now)
+        self._event(now, "rekey", f"epoch {new.generation}")
+        held, self._held = self._held, []
+        for at, data in held:  # media that came under the new epoch before its keys
+            if self.media is not None and now - at < HOLD_NEXT_EPOCH_S:
+                self.media.on_datagram(data, now)
+
+    def on_datagram(self, data: bytes, now: float) -> None:
+        """A media datagram. Never raises; drops are counted by the receiver."""
+        if self.media is None:
+            return
+        before = self.media.receiver.drops[DropReason.UNKNOWN_EPOCH]
+        self.media.on_datagram(data, now)
+        if self.media.receiver.drops[DropReason.UNKNOWN_EPOCH] > before and self._keys:
+            parsed = parse_datagram(data)
+            nxt = (self._keys.generation + 1) & 0xFF
+            if (
+                isinstance(parsed, Datagram)
+                and parsed.header.epoch == nxt
+                and len(self._held) < MAX_HELD
+            ):
+                self._held.append((now, data))
+                self.stats.held_for_rekey += 1
+
+    def capture(self, pcm48: np.ndarray, now: float) -> None:
+        if self.media is not None and self.session.state in (State.ACTIVE, State.REKEYING):
+            self._out_dgrams.extend(self.media.capture(pcm48, now))
+
+    def stop_sending(self) -> None:
+        if self.media is not None:
+            self._out_dgrams.extend(self.media.stop_sending())
+
+    @property
+    def frame_samples(self) -> int:
+        return self.media.frame_samples if self.media is not None else 960
+
+    def playout(self, now: float) -> np.ndarray:
+        if self.media is None:
+            return np.zeros(960, dtype=np.int16)
+        return self.media.playout(now)
+
+    def tick(self, now: float) -> None:
+        """Timeouts, reports, rekey schedule, signalling produced by the media loop."""
+        t = self.session.poll(now)
+        if t is not None and t.new is State.CLOSED:
+            cid = self.session.call_id
+            if cid is not None:
+                self._send(sig.Hangup(reason="Timeout", call_id=_hex(cid)))
+            self.media = None
+            self._event(now, "state", f"Timeout: {t.detail}")
+        if self.media is None:
+            return
+        self._out_dgrams.extend(self.media.tick(now))
+        for msg in self.media.take_signals():
+            self._send(msg)
+        self._held = [(at, d) for at, d in self._held if now - at < HOLD_NEXT_EPOCH_S]
+        if self.role is Role.CALLER and self.session.state is State.ACTIVE and self._crypto:
+            due = self._crypto.rekey_due(now)
+            if self.rekey_after_s is not None:
+                due = due or now - self._epoch_started >= self.rekey_after_s
+            if due:
+                self.start_rekey(now)
+
+
+def _choose_profile(offered: tuple[Profile, ...]) -> Profile:
+    """The callee's choice: the first offered profile (wzp's order is best first)."""
+    return offered[0] if offered else PHASE1_PROFILES[0]
+
+
+_HANDLERS: dict[type, Callable[[CallEngine, object, float], None]] = {
+    sig.CallOffer: CallEngine._on_offer,  # type: ignore[dict-item]
+    sig.Ringing: CallEngine._on_ringing,  # type: ignore[dict-item]
+    sig.CallAnswer: CallEngine._on_answer,  # type: ignore[dict-item]
+    sig.Hangup: CallEngine._on_hangup,  # type: ignore[dict-item]
+    sig.Ping: CallEngine._on_ping,  # type: ignore[dict-item]
+    sig.Pong: CallEngine._on_pong,  # type: ignore[dict-item]
+    sig.QualityUpdate: CallEngine._on_quality_update,  # type: ignore[dict-item]
+    sig.Rekey: CallEngine._on_rekey,  # type: ignore[dict-item]
+}

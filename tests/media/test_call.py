@@ -1,0 +1,308 @@
+"""Two call engines talking through a simulated link, in simulated time."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from wzp.bench.callsim import ReliableSim
+from wzp.crypto.handshake import Ephemeral, sign_offer
+from wzp.crypto.identity import Identity
+from wzp.media.call import CallEngine
+from wzp.media.codecs import make_frame_decoder, make_tier_encoder
+from wzp.media.playout import FrameFate
+from wzp.proto import signal as sig
+from wzp.proto.profiles import PHASE1_PROFILES
+from wzp.proto.session import EndReason, State
+from wzp.sim.link import Link, LinkConfig, derive_seed
+
+PERIOD_S = 0.02
+
+
+class Pair:
+    """Handsets A and B with a datagram link and a reliable signalling channel each way."""
+
+    def __init__(self, link: LinkConfig | None = None, seed: int = 1, **kw) -> None:
+        link = link or LinkConfig(delay_s=0.15)
+        self.a_id, self.b_id = Identity.generate(), Identity.generate()
+        self.a = CallEngine(self.a_id, make_tier_encoder, make_frame_decoder, alias="a", **kw)
+        self.b = CallEngine(self.b_id, make_tier_encoder, make_frame_decoder, alias="b", **kw)
+        self.links = {
+            "ab": Link(link, derive_seed(seed, "ab")),
+            "ba": Link(link, derive_seed(seed, "ba")),
+        }
+        rto = 2 * link.delay_s + 0.1
+        self.sig = {
+            "ab": ReliableSim(Link(link, derive_seed(seed, "sab")), rto),
+            "ba": ReliableSim(Link(link, derive_seed(seed, "sba")), rto),
+        }
+        self.now = 0.0
+        self.out = {"a": [], "b": []}
+        self.wire: list[bytes] = []
+        self.captured: dict[str, list[int]] = {}
+        self.pending: dict[str, int] = {}
+
+    def inject(self, to: str, msg: sig.Message | bytes) -> None:
+        """Deliver a message (or raw JSON) to ``to`` at once, as a hostile peer would."""
+        engine = self.a if to == "a" else self.b
+        data = msg if isinstance(msg, bytes) else sig.encode(msg)
+        with contextlib.suppress(sig.SignalError):  # what a real receiver drops too
+            engine.on_message(sig.decode(data), self.now)
+
+    def step(self, talk: dict[str, np.ndarray | None] | None = None) -> None:
+        now = self.now
+        for name, eng, key in (("a", self.a, "ab"), ("b", self.b, "ba")):
+            pcm = (talk or {}).get(name)
+            if pcm is not None and eng.media is not None:
+                # the capture ring: one period in, a frame out when it is complete
+                buf = self.captured.setdefault(name, [0])
+                if buf[0] + 960 <= len(pcm):
+                    buf[0] += 960
+                    done = self.pending.get(name, 0) + 960
+                    if done >= eng.frame_samples:
+                        n = eng.frame_samples
+                        eng.capture(pcm[buf[0] - done : buf[0] - done + n], now)
+                        done -= n
+                    self.pending[name] = done
+            eng.tick(now)
+            for m in eng.take_messages():
+                self.sig[key].send(sig.encode(m), now)  # JSON on the wire
+            for d in eng.take_datagrams():
+                self.wire.append(d)
+                self.links[key].send(d, now)
+        for eng, key in ((self.b, "ab"), (self.a, "ba")):
+            for at, data in self.sig[key].poll(now):
+                eng.on_message(sig.decode(data), at)  # type: ignore[arg-type]
+            for at, d in self.links[key].deliver(now):
+                eng.on_datagram(d, at)
+        self.out["a"].append(self.a.playout(now))
+        self.out["b"].append(self.b.playout(now))
+        self.now = round(now + PERIOD_S, 6)
+
+    def run(self, seconds: float, talk: dict[str, np.ndarray | None] | None = None) -> None:
+        for _ in range(round(seconds / PERIOD_S)):
+            self.step(talk)
+
+    def call(self) -> None:
+        """A dials B; the transport comes up; B rings and answers."""
+        self.a.dial(self.b_id.fingerprint, self.now)
+        self.a.on_connected(self.now, self.b_id.fingerprint)
+        self.run_until(lambda: self.b.state is State.RINGING and self.a.state is State.ALERTING)
+        self.b.answer(self.now)
+        self.run_until(lambda: self.a.state is State.ACTIVE and self.b.state is State.ACTIVE)
+
+    def run_until(self, done, limit_s: float = 10.0) -> None:
+        """Step until ``done()`` (signalling may need retransmissions on a lossy link)."""
+        end = self.now + limit_s
+        while not done():
+            assert self.now < end, f"not reached in {limit_s} s: {self.a.state}, {self.b.state}"
+            self.step()
+
+
+def _fates(engine: CallEngine) -> dict[FrameFate, int]:
+    assert engine.media is not None
+    rx = engine.media.receiver
+    counts: dict[FrameFate, int] = {}
+    for stream in rx.streams.values():
+        for k, v in vars(stream.playout.stats).items():
+            counts[k] = counts.get(k, 0) + v  # type: ignore[index]
+    return counts  # type: ignore[return-value]
+
+
+def test_full_call_speech_both_ways_with_rekey_and_no_gap(speech48: np.ndarray) -> None:
+    p = Pair(rekey_after_s=3.0)
+    p.call()
+    speech = speech48[: 48_000 * 8]
+    p.run(8.0, {"a": speech, "b": speech[::-1].copy()})
+    assert p.a.stats.rekeys >= 2 and p.b.stats.rekeys >= 2
+    for eng in (p.a, p.b):
+        stats = _fates(eng)
+        assert stats["decoded"] > 80, stats
+        assert stats["concealed"] == 0, stats  # no gap at any rekey on a clean link
+        assert eng.media is not None and eng.media.receiver.drops == {}
+    heard = np.concatenate(p.out["b"]).astype(np.float64)
+    assert np.sqrt(np.mean(heard**2)) > 300  # B heard A's speech
+    # hang up from the callee: both end with Normal
+    p.b.hangup(p.now)
+    p.run(1.0)
+    assert p.a.state is State.CLOSED and p.a.session.end_reason is EndReason.NORMAL
+    assert p.b.state is State.CLOSED
+
+
+def test_media_on_the_wire_is_encrypted(speech48: np.ndarray) -> None:
+    p = Pair()
+    p.call()
+    p.run(2.0, {"a": speech48[: 48_000 * 2], "b": None})
+    assert len(p.wire) > 20
+    # what the sender's encoder produced never appears in clear on the wire
+    enc = make_tier_encoder()
+    assert p.a.media is not None
+    enc.configure(p.a.media.tier)
+    frame = enc.encode(speech48[: p.a.frame_samples])
+    assert all(frame[:8] not in d for d in p.wire)
+
+
+def test_stale_hangup_never_ends_the_next_call() -> None:
+    p = Pair()
+    p.call()
+    first = p.a.call_id
+    p.a.hangup(p.now)
+    p.run(1.0)
+    p.a.reset(p.now)
+    p.b.reset(p.now)
+    p.call()
+    assert p.a.call_id != first
+    p.inject("a", sig.Hangup(reason="Normal", call_id=first.hex()))  # type: ignore[union-attr]
+    p.inject("b", sig.Hangup(reason="Normal", call_id=first.hex()))  # type: ignore[union-attr]
+    assert p.a.state is State.ACTIVE and p.b.state is State.ACTIVE
+    assert p.a.stats.stale == 1 and p.b.stats.stale == 1
+
+
+def test_bad_signature_offer_is_refused_and_does_not_ring() -> None:
+    p = Pair()
+    mallory = Identity.generate()
+    eph = Ephemeral.generate()
+    offer = sig.CallOffer(
+        identity_pub=p.a_id.ed25519_pub,  # claims to be A
+        ephemeral_pub=eph.public,
+        signature=sign_offer(mallory, eph, p.b_id.fingerprint),  # but signed by Mallory
+        supported_profiles=PHASE1_PROFILES,
+        call_id="11" * 16,
+    )
+    p.inject("b", offer)
+    assert p.b.state is State.IDLE
+    assert p.b.stats.refused["bad-signature"] == 1
+    (hangup,) = p.b.take_messages()
+    assert isinstance(hangup, sig.Hangup) and hangup.reason.value == "Error"
+
+
+def test_offer_signed_for_another_callee_is_refused() -> None:
+    p = Pair()
+    eph = Ephemeral.generate()
+    other = Identity.generate()
+    offer = sig.CallOffer(
+        identity_pub=p.a_id.ed25519_pub,
+        ephemeral_pub=eph.public,
+        signature=sign_offer(p.a_id, eph, other.fingerprint),
+        supported_profiles=PHASE1_PROFILES,
+        call_id="22" * 16,
+    )
+    p.inject("b", offer)
+    assert p.b.state is State.IDLE and p.b.stats.refused["bad-signature"] == 1
+
+
+def test_unknown_caller_is_declined_in_contacts_only_mode() -> None:
+    p = Pair()
+    p.b.accept = lambda fp: False
+    p.a.dial(p.b_id.fingerprint, 0.0)
+    p.a.on_connected(0.0, p.b_id.fingerprint)
+    p.run(2.0)
+    assert p.b.state is State.IDLE and p.b.stats.refused["not-allowed"] == 1
+    assert p.a.state is State.CLOSED and p.a.session.end_reason is EndReason.DECLINED
+
+
+def test_replayed_offer_is_refused() -> None:
+    p = Pair()
+    p.a.dial(p.b_id.fingerprint, 0.0)
+    p.a.on_connected(0.0, p.b_id.fingerprint)
+    (offer,) = p.a.take_messages()
+    p.inject("b", offer)
+    assert p.b.state is State.RINGING
+    p.b.hangup(p.now, EndReason.DECLINED)
+    p.b.reset(p.now)
+    p.inject("b", offer)  # the same, signed, offer again
+    assert p.b.state is State.IDLE
+    assert p.b.stats.refused["replayed-offer"] == 1
+
+
+def test_answer_for_another_call_id_is_ignored() -> None:
+    p = Pair()
+    p.a.dial(p.b_id.fingerprint, 0.0)
+    p.a.on_connected(0.0, p.b_id.fingerprint)
+    p.run(1.0)
+    eph = Ephemeral.generate()
+    from wzp.crypto.handshake import sign_answer
+
+    forged = sig.CallAnswer(
+        identity_pub=p.b_id.ed25519_pub,
+        ephemeral_pub=eph.public,
+        signature=sign_answer(p.b_id, eph, p.a_id.fingerprint),
+        chosen_profile=PHASE1_PROFILES[0],
+        call_id="33" * 16,
+    )
+    p.inject("a", forged)
+    assert p.a.state is State.ALERTING and p.a.stats.stale == 1
+    p.b.answer(p.now)
+    p.run(1.0)
+    assert p.a.state is State.ACTIVE
+
+
+def test_busy_handset_answers_busy() -> None:
+    p = Pair()
+    p.call()
+    c = CallEngine(Identity.generate(), make_tier_encoder, make_frame_decoder)
+    c.dial(p.b_id.fingerprint, p.now)
+    c.on_connected(p.now, p.b_id.fingerprint)
+    (offer,) = c.take_messages()
+    p.inject("b", offer)
+    assert p.b.state is State.ACTIVE and p.b.stats.refused["busy"] == 1
+    (busy,) = [m for m in p.b.take_messages() if isinstance(m, sig.Hangup)]
+    assert busy.reason.value == "Busy"
+
+
+def test_garbage_and_unknown_messages_leave_the_call_running() -> None:
+    p = Pair()
+    p.call()
+    p.inject("a", b'{"SomethingNew":{"x":1}}')
+    p.inject("a", b"\xff\xfe not json")
+    p.inject("a", b'{"CallOffer":{"identity_pub":[1,2,3]}}')
+    for _ in range(500):
+        p.a.on_datagram(bytes(np.random.default_rng(1).integers(0, 256, 60, dtype=np.uint8)), 1)
+    p.run(0.5)
+    assert p.a.state is State.ACTIVE
+
+
+def test_no_answer_times_out_and_transport_loss_ends_with_timeout() -> None:
+    p = Pair()
+    p.a.dial(p.b_id.fingerprint, 0.0)
+    p.a.on_connected(0.0, p.b_id.fingerprint)
+    p.run(62.0)  # B rings, nobody answers
+    assert p.a.state is State.CLOSED and p.a.session.end_reason is EndReason.TIMEOUT
+    q = Pair()
+    q.call()
+    q.a.on_transport_closed(q.now, "idle timeout")
+    assert q.a.state is State.CLOSED and q.a.session.end_reason is EndReason.TIMEOUT
+
+
+def test_call_survives_heavy_loss(speech48: np.ndarray) -> None:
+    p = Pair(LinkConfig(loss=0.3, delay_s=0.3), seed=4, rekey_after_s=4.0)
+    p.call()
+    talk = {"a": speech48[: 48_000 * 10], "b": None}
+    p.run(4.0, talk)  # the controller leaves the negotiated tier for one that holds 30 %
+    before = _fates(p.b)
+    p.run(6.0, talk)
+    after = _fates(p.b)
+    stats = {k: after[k] - before[k] for k in after}
+    assert p.a.state is State.ACTIVE and p.b.state is State.ACTIVE
+    played = stats["decoded"] + stats["recovered"]
+    lost = stats["concealed"] + stats["inband_fec"]
+    assert stats["recovered"] >= 10, stats  # RaptorQ at work: ~30 % of 100 frames were lost
+    assert played / (played + lost) > 0.97, stats
+    assert p.a.stats.rekeys >= 1 and p.a.media is not None
+    assert p.a.media.tier.name in ("heavy", "dense")
+
+
+@pytest.mark.parametrize("field", ["identity_pub", "ephemeral_pub"])
+def test_low_order_or_wrong_keys_in_answer_end_the_call(field: str) -> None:
+    p = Pair()
+    p.a.dial(p.b_id.fingerprint, 0.0)
+    p.a.on_connected(0.0, p.b_id.fingerprint)
+    p.run(1.0)
+    p.b.answer(p.now)
+    (answer,) = [m for m in p.b.take_messages() if isinstance(m, sig.CallAnswer)]
+    bad = replace(answer, **{field: bytes(32)})
+    p.inject("a", bad)
+    assert p.a.state is State.CLOSED and p.a.session.end_reason is EndReason.ERROR
