@@ -1,0 +1,1 @@
+"""Network edges: sockets, QUIC and test/benchmark network tools (I/O lives here)."""
