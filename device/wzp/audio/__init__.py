@@ -1,0 +1,1 @@
+"""Audio edges: sound cards (ALSA) and file-backed audio."""
