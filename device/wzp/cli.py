@@ -37,8 +37,10 @@ def _cmd_identity(args: argparse.Namespace) -> int:
         else:
             ident, created = load_or_create_seed(path)
     except FileNotFoundError:
-        print(f"wzp identity: no identity at {path} (run without --no-create to make one)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"wzp identity: no identity at {path} (run without --no-create to make one)",
+            file=sys.stderr,
+        )
         return 1
     except (SeedFileError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         print(f"wzp identity: {exc}", file=sys.stderr)
@@ -74,6 +76,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ident.set_defaults(func=_cmd_identity)
 
+    listen = sub.add_parser(
+        "listen",
+        help="answer calls (audio from/to files)",
+        description="Wait for calls and answer them; print call state and link statistics "
+        "once a second.",
+    )
+    _call_args(listen)
+    listen.add_argument("--port", type=int, default=DEFAULT_PORT)
+    listen.add_argument(
+        "--host", action="append", help="address to listen on (repeatable; default: 0.0.0.0 and ::)"
+    )
+    listen.add_argument(
+        "--answer-after",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="answer this long after ringing starts (default 0)",
+    )
+    listen.add_argument(
+        "--allow",
+        action="append",
+        metavar="FINGERPRINT",
+        help="accept only these callers (repeatable; default: anyone)",
+    )
+    listen.add_argument("--once", action="store_true", help="exit after the first call")
+    listen.set_defaults(func=_cmd_listen)
+
+    dial = sub.add_parser(
+        "dial",
+        help="call a peer (audio from/to files)",
+        description="Call HOST[:PORT], whose identity must be FINGERPRINT; print call state "
+        "and link statistics once a second.",
+    )
+    dial.add_argument("target", metavar="HOST[:PORT]")
+    dial.add_argument("--peer", required=True, metavar="FINGERPRINT")
+    _call_args(dial)
+    dial.set_defaults(func=_cmd_dial)
+
     bench = sub.add_parser("bench", help="reproducible benchmarks that write JSON results")
     bsub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     q = bsub.add_parser(
@@ -92,6 +132,209 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--speech", type=Path, help="8 or 16 kHz mono WAV, or raw s16 at 8 kHz")
     c.set_defaults(func=_cmd_bench_cpu)
     return parser
+
+
+DEFAULT_PORT = 4433
+
+
+def _call_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--identity", type=Path, help="seed file (default as for `wzp identity`)")
+    p.add_argument(
+        "--in",
+        dest="in_",
+        type=Path,
+        metavar="FILE",
+        help="audio to send: mono WAV (8/16/48 kHz) or raw s16 at 8 kHz",
+    )
+    p.add_argument("--out", type=Path, metavar="FILE", help="write what was heard (48 kHz WAV)")
+    p.add_argument("--duration", type=float, metavar="S", help="hang up after this long")
+    p.add_argument("--alias", help="name shown to the peer")
+    p.add_argument(
+        "--rekey-after",
+        type=float,
+        metavar="S",
+        help="rekey this often (default: SPEC's 2^15 packets or 10 minutes)",
+    )
+
+
+def _call_setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Identity and audio for listen/dial; raises SystemExit with a clear message."""
+    from .audio.files import AudioFileError, FileSink, FileSource
+    from .crypto.identity import Identity
+    from .daemon.identity_store import SeedFileError, load_or_create_seed, load_seed
+
+    path = args.identity or default_identity_path()
+    try:
+        ident = (
+            Identity.from_seed(load_seed(path)) if path.exists() else load_or_create_seed(path)[0]
+        )
+    except (SeedFileError, OSError) as exc:
+        raise SystemExit(f"wzp: identity: {exc}") from None
+
+    class _Silence:
+        def read(self):  # type: ignore[no-untyped-def]
+            import numpy as np
+
+            return np.zeros(960, dtype=np.int16)
+
+    class _Discard:
+        def write(self, pcm) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+        def close(self) -> None:
+            pass
+
+    try:
+        source = FileSource(args.in_) if args.in_ else _Silence()
+    except AudioFileError as exc:
+        raise SystemExit(f"wzp: --in: {exc}") from None
+    sink = FileSink(args.out) if args.out else _Discard()
+    return ident, source, sink
+
+
+def _print_status(status) -> None:  # type: ignore[no-untyped-def]
+    print(status.line(), flush=True)
+
+
+def _cmd_listen(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .crypto.identity import parse_fingerprint
+    from .media.call import CallEngine
+    from .media.codecs import make_frame_decoder, make_tier_encoder
+    from .net.callrunner import CallRunner
+    from .net.quic import serve_wzp
+
+    ident, source, sink = _call_setup(args)
+    try:
+        allowed = {parse_fingerprint(f) for f in args.allow or []}
+    except ValueError as exc:
+        print(f"wzp listen: --allow: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        active: list[CallRunner] = []
+        done = asyncio.Event()
+
+        async def on_connection(conn) -> None:  # type: ignore[no-untyped-def]
+            engine = CallEngine(
+                ident,
+                make_tier_encoder,
+                make_frame_decoder,
+                accept=(lambda fp: fp in allowed) if allowed else (lambda fp: True),
+                alias=args.alias,
+                rekey_after_s=args.rekey_after,
+            )
+            runner = CallRunner(
+                engine,
+                conn,
+                source,
+                sink,
+                busy=lambda: bool(active) and active[0] is not runner,
+                on_status=_print_status,
+                answer_after=args.answer_after,
+            )
+            first = not active
+            if first:
+                active.append(runner)
+            try:
+                reason = await runner.run(args.duration)
+            finally:
+                await conn.aclose(runner.close_phrase())
+                if first:
+                    active.clear()
+                    sink.close()
+            print(
+                f"call ended: {reason.value if reason else 'no call'} "
+                f"({engine.session.end_detail}); rekeys {engine.stats.rekeys}",
+                flush=True,
+            )
+            for ev in engine.take_events():
+                if ev.kind in ("refused", "stale", "error"):
+                    print(f"  {ev.kind}: {ev.detail}", flush=True)
+            if args.once and first:
+                done.set()
+
+        server = await serve_wzp(args.host or None, args.port, ident, on_connection)
+        print(f"listening on port {args.port} as {ident.fingerprint_text}", flush=True)
+        try:
+            await done.wait()
+        finally:
+            server.close()
+        return 0
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 130
+
+
+def _cmd_dial(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .crypto.identity import parse_fingerprint
+    from .media.call import CallEngine
+    from .media.codecs import make_frame_decoder, make_tier_encoder
+    from .net.callrunner import CallRunner
+    from .net.quic import PeerFingerprintMismatch, connect_wzp
+
+    try:
+        peer = parse_fingerprint(args.peer)
+    except ValueError as exc:
+        print(f"wzp dial: --peer: {exc}", file=sys.stderr)
+        return 2
+    host, _, port_s = (
+        args.target.rpartition(":")
+        if args.target.count(":") == 1
+        else (args.target.strip("[]"), "", "")
+    )
+    if not host:
+        host, port_s = args.target, ""
+    try:
+        port = int(port_s) if port_s else DEFAULT_PORT
+    except ValueError:
+        print(f"wzp dial: bad port in {args.target!r}", file=sys.stderr)
+        return 2
+    ident, source, sink = _call_setup(args)
+
+    async def main() -> int:
+        try:
+            conn = await connect_wzp(host, port, ident, expected_fingerprint=peer)
+        except PeerFingerprintMismatch as exc:
+            print(f"wzp dial: refused: {exc}", file=sys.stderr)
+            return 1
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            print(
+                f"wzp dial: cannot reach {host}:{port}: {exc or type(exc).__name__}",
+                file=sys.stderr,
+            )
+            return 1
+        engine = CallEngine(
+            ident,
+            make_tier_encoder,
+            make_frame_decoder,
+            alias=args.alias,
+            rekey_after_s=args.rekey_after,
+        )
+        runner = CallRunner(engine, conn, source, sink, on_status=_print_status)
+        engine.dial(peer, runner.now())
+        engine.on_connected(runner.now(), conn.peer_fingerprint)
+        try:
+            reason = await runner.run(args.duration)
+        finally:
+            await conn.aclose(runner.close_phrase())
+            sink.close()
+        print(
+            f"call ended: {reason.value if reason else 'no call'} "
+            f"({engine.session.end_detail}); rekeys {engine.stats.rekeys}",
+            flush=True,
+        )
+        return 0 if reason is not None and reason.value == "Normal" else 1
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 130
 
 
 def _bench_log(line: str) -> None:

@@ -326,3 +326,32 @@ def test_decryptor_never_raises(data: bytes) -> None:
         result = b.open(parsed, 0.0)
         assert isinstance(result, Drop)
         assert result.reason in (DropReason.BAD_TAG, DropReason.UNKNOWN_EPOCH)
+
+
+def test_rekey_leaves_no_undecryptable_packet_in_either_direction() -> None:
+    """The answering side switches sending only once the initiator's first new packet
+    shows that the initiator holds the new keys; old keys live 2 s past the switch."""
+    init, resp = _pair()  # initiator (caller) and responder (callee)
+    ni, nr = Ephemeral.generate(), Ephemeral.generate()
+    k1_resp = next_epoch_keys(resp.keys, nr, ni.public, Role.CALLEE)
+    k1_init = next_epoch_keys(init.keys, ni, nr.public, Role.CALLER)
+    seq = {"i": 0, "r": 0}
+
+    def send(frm: MediaCrypto, to: MediaCrypto, who: str, now: float) -> bytes | Drop:
+        seq[who] += 1
+        raw = frm.seal(MediaHeader(seq=seq[who], ts=seq[who] * 20, epoch=frm.epoch), b"v", None)
+        return _open(to, raw, now)
+
+    # the responder receives the initiator's Rekey: new keys installed, sending waits
+    resp.install(k1_resp, 1.0, switch_send=False)
+    assert resp.switch_pending and resp.epoch == 0
+    for t in (1.1, 1.5, 2.5):  # the answering Rekey is still on its way (lossy link)
+        assert send(resp, init, "r", t) == b"v"
+        assert send(init, resp, "i", t) == b"v"
+    # it arrives: the initiator switches at once
+    init.install(k1_init, 2.6)
+    assert init.epoch == 1
+    assert send(init, resp, "i", 2.7) == b"v"  # the responder can already open it ...
+    assert resp.epoch == 1 and not resp.switch_pending  # ... and now sends under epoch 1
+    assert send(resp, init, "r", 2.8) == b"v"
+    assert send(init, resp, "i", 4.0) == b"v"

@@ -71,7 +71,7 @@ def baseline_codecs() -> Codecs:
     return Codecs(lambda: make_tier_encoder(BASELINE_COMPLEXITY), make_frame_decoder)
 
 
-def _align(ref: np.ndarray, deg: np.ndarray, rate: int, max_lag_s: float) -> np.ndarray:
+def align_delay(ref: np.ndarray, deg: np.ndarray, rate: int, max_lag_s: float) -> np.ndarray:
     """``deg`` shifted by the lag (within +-max_lag_s) that best matches ``ref``'s envelope."""
     n = len(ref)
     hop = rate // 200  # 5 ms envelope steps
@@ -118,7 +118,7 @@ def _scores(ref: np.ndarray, ref_rate: int, out48: np.ndarray) -> dict[str, floa
 
     res: dict[str, float | None] = {}
     ref16 = resample(ref, ref_rate, 16_000) if ref_rate != 16_000 else ref.astype(np.float64)
-    deg16 = _align(ref16, resample(out48, SAMPLE_RATE, 16_000), 16_000, 0.4)
+    deg16 = align_delay(ref16, resample(out48, SAMPLE_RATE, 16_000), 16_000, 0.4)
     ref8 = resample(ref16, 16_000, 8_000)
     deg8 = resample(deg16, 16_000, 8_000)
     for name, fn in (

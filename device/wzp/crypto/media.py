@@ -41,7 +41,8 @@ class KeyExhausted(Exception):
 class _RecvEpoch:
     generation: int
     aead: ChaCha20Poly1305
-    expires_at: float | None = None  # None: current epoch
+    expires_at: float | None = None  # None: no newer epoch from the peer yet
+    first_at: float | None = None  # first packet the peer sent under this epoch
 
 
 class MediaCrypto:
@@ -60,6 +61,7 @@ class MediaCrypto:
         self._epoch_started = now
         self.sealed_in_epoch = 0
         self.opened_in_epoch = 0
+        self._pending: EpochKeys | None = None
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -83,25 +85,45 @@ class MediaCrypto:
             or now - self._epoch_started >= REKEY_SECONDS
         )
 
-    def install(self, new_keys: EpochKeys, now: float) -> None:
-        """Switch to the next epoch's keys; the old receive key lives 2 s more."""
-        if new_keys.generation != self._keys.generation + 1:
+    def install(self, new_keys: EpochKeys, now: float, switch_send: bool = True) -> None:
+        """Add the next epoch's keys.
+
+        Its receive key works at once. Sending switches now (``switch_send``), or, for
+        the side that answered a rekey, as soon as the first packet under the new epoch
+        arrives from the peer: proof that the peer holds the new keys, so nothing this
+        side sends is undecryptable on the way (SPEC 6.6 switches on holding both public
+        keys, which on a lossy 600 ms link leaves the initiator deaf until the answering
+        Rekey gets through). The previous receive key lives until 2 s after the peer's
+        first packet under the new epoch.
+        """
+        newest = self._pending or self._keys
+        if new_keys.generation != newest.generation + 1:
             raise ValueError(
-                f"rekey must advance one generation ({self._keys.generation} -> "
-                f"{new_keys.generation})"
+                f"rekey must advance one generation ({newest.generation} -> {new_keys.generation})"
             )
-        old = self._recv.get(self.epoch)
-        if old is not None:
-            old.expires_at = now + OLD_KEY_GRACE_S
-        self._keys = new_keys
-        self._send = ChaCha20Poly1305(new_keys.send_key(self.role))
-        self._recv[self.epoch] = _RecvEpoch(
+        self._recv[new_keys.generation & 0xFF] = _RecvEpoch(
             new_keys.generation, ChaCha20Poly1305(new_keys.recv_key(self.role))
         )
+        self._pending = new_keys
+        if switch_send:
+            self._switch_send(now)
+        self.expire(now)
+
+    def _switch_send(self, now: float) -> None:
+        new_keys = self._pending
+        if new_keys is None:
+            return
+        self._pending = None
+        self._keys = new_keys
+        self._send = ChaCha20Poly1305(new_keys.send_key(self.role))
         self._epoch_started = now
         self.sealed_in_epoch = 0
         self.opened_in_epoch = 0
-        self.expire(now)
+
+    @property
+    def switch_pending(self) -> bool:
+        """New keys are installed but sending waits for the peer's first new packet."""
+        return self._pending is not None
 
     def expire(self, now: float) -> None:
         """Drop receive keys (and their replay windows) whose grace period has passed."""
@@ -146,6 +168,18 @@ class MediaCrypto:
             window = self._replay[(hdr.stream, hdr.epoch)] = ReplayWindow()
         if not window.accept(hdr.seq):
             return Drop(DropReason.REPLAY, f"seq {hdr.seq}")
+        if rx.generation > self._keys.generation or rx.first_at is None:
+            self._peer_switched(rx, now)
         if rx.generation == self._keys.generation:
             self.opened_in_epoch += 1
         return plaintext
+
+    def _peer_switched(self, rx: _RecvEpoch, now: float) -> None:
+        """The peer sends under ``rx``'s epoch: older receive keys get their 2 s grace."""
+        if rx.first_at is None:
+            rx.first_at = now
+            for other in self._recv.values():
+                if other.generation < rx.generation and other.expires_at is None:
+                    other.expires_at = now + OLD_KEY_GRACE_S
+        if self._pending is not None and rx.generation == self._pending.generation:
+            self._switch_send(now)

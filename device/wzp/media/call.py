@@ -238,6 +238,11 @@ class CallEngine:
         self.session.connected(self.session.call_id, now)
         self._event(now, "state", "offer sent")
 
+    def on_peer_closed(self, reason: EndReason, now: float, detail: str) -> None:
+        """The peer closed the connection saying it hung up (its Hangup was lost)."""
+        if self.session.live:
+            self._close(reason, now, detail)
+
     def on_transport_closed(self, now: float, reason: str) -> None:
         """The connection died (idle timeout, reset): the call ends with ``Timeout``."""
         if self.session.live:
@@ -352,8 +357,9 @@ class CallEngine:
         if self.peer_identity is None or self._keys is None:
             raise SessionError("Rekey outside an active call")
         verify_rekey(self.peer_identity, msg.new_ephemeral_pub, msg.signature, cid)
-        if self.session.state is State.ACTIVE:
-            # the peer started it: answer with our own new key, then switch
+        answering = self.session.state is State.ACTIVE
+        if answering:
+            # the peer started it: answer with our own new key
             self.session.rekey_started(cid, now)
             self._rekey_eph = Ephemeral.generate()
             self._send(
@@ -365,7 +371,9 @@ class CallEngine:
             )
         if self._rekey_eph is None:
             raise SessionError("Rekey with no rekey under way")
-        self._finish_rekey(msg.new_ephemeral_pub, now)
+        # the initiator holds both keys only once our answer has arrived, so the answering
+        # side sends under the new epoch once the initiator's first new packet shows it
+        self._finish_rekey(msg.new_ephemeral_pub, now, switch_send=not answering)
 
     # -- media ------------------------------------------------------------------------
 
@@ -400,12 +408,12 @@ class CallEngine:
         )
         self._event(now, "rekey", "started")
 
-    def _finish_rekey(self, peer_new_pub: bytes, now: float) -> None:
+    def _finish_rekey(self, peer_new_pub: bytes, now: float, switch_send: bool = True) -> None:
         assert self._rekey_eph is not None and self._keys is not None and self.role is not None
         new = next_epoch_keys(self._keys, self._rekey_eph, peer_new_pub, self.role)
         self._keys = new
         if self._crypto is not None:
-            self._crypto.install(new, now)
+            self._crypto.install(new, now, switch_send=switch_send)
         self._rekey_eph = None
         self._epoch_started = now
         self.stats.rekeys += 1

@@ -172,6 +172,8 @@ class MediaEndpoint:
             ):
                 continue
             report = self.receiver.report(now, self.rtt_ms, self.cap_kbps)
+            if report is None:
+                continue
             self._signals.append(
                 QualityUpdate(
                     QualityUpdateReport(
@@ -196,11 +198,13 @@ class MediaEndpoint:
         self._next_report = now + REPORT_INTERVAL_S
         self._maybe_recommend(now)
         report = self.receiver.report(now, self.rtt_ms, self.cap_kbps)
-        self.sender.attach_report(report, copies=3)
         if not self.sending(now):
             copies = []
-            for _ in range(KEEPALIVE_COPIES):
-                self.sender.attach_report(report)
+            for _ in range(KEEPALIVE_COPIES if report is not None else 1):
+                if report is not None:
+                    self.sender.attach_report(report)
                 copies.append(self.sender.keepalive())
             return copies
+        if report is not None:
+            self.sender.attach_report(report, copies=3)
         return []

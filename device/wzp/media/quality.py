@@ -90,6 +90,10 @@ class JitterMeter:
         self._prev = transit
 
 
+#: a single report this far above the current tier's limit is a collapse, not noise
+COLLAPSE_MARGIN = 0.20
+
+
 @dataclass
 class ControllerState:
     tier: Tier
@@ -107,7 +111,7 @@ class QualityController:
       (``alpha_up``) and falls slowly (``alpha_down``), so protection comes at once
       and goes only when the link has really improved. Moving down takes
       ``confirm_reports`` consecutive reports over the limit, except that a report
-      far above it (x1.5) moves at once.
+      more than ``COLLAPSE_MARGIN`` above it moves at once, as far as it calls for.
     * Down the ladder (more protection) as soon as smoothed loss exceeds
       ``up_loss``; up again only after ``recover_reports`` consecutive reports with
       smoothed loss under the lower tier's ``down_loss``.
@@ -207,9 +211,9 @@ class QualityController:
         i = self._index(st.tier)
         top = len(self.ladder) - 1
         wanted = i
-        if i < top and loss > 1.5 * self.ladder[i].up_loss + 0.02:
-            # a collapse: move at once, as far as this one report calls for
-            while wanted < top and loss > 1.5 * self.ladder[wanted].up_loss + 0.02:
+        if i < top and loss > self.ladder[i].up_loss + COLLAPSE_MARGIN:
+            # a collapse: straight to the tier whose range holds this report's loss
+            while wanted < top and loss > self.ladder[wanted].up_loss:
                 wanted += 1
             st.smoothed_loss = max(st.smoothed_loss, loss)
         elif i < top and st.smoothed_loss > self.ladder[i].up_loss:

@@ -463,6 +463,11 @@ class WzpConnection(QuicConnectionProtocol):
         self.transmit()
         return stream_id
 
+    def message_delivered(self, stream_id: int) -> bool:
+        """True once the peer has acknowledged all of a message we sent (data and FIN)."""
+        stream = self._quic._streams.get(stream_id)
+        return stream is None or stream.sender.is_finished
+
     def transmit(self) -> None:
         """aioquic's transmit, but one DATAGRAM frame per UDP packet (module docstring)."""
         pending = self._quic._datagrams_pending

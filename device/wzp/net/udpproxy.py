@@ -56,7 +56,7 @@ import asyncio
 import contextlib
 import dataclasses
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
@@ -252,7 +252,11 @@ class UdpLossyProxy:
         seed: int = 0,
         listen_host: str = "127.0.0.1",
         listen_port: int = 0,
+        tap: Callable[[DirectionName, bytes], None] | None = None,
     ) -> None:
+        #: sees every datagram entering the proxy, before the link decides its fate (tests
+        #: read what is on the wire with it)
+        self.tap = tap
         up_config = config if config is not None else LinkConfig()
         down_config = reverse if reverse is not None else up_config
         try:
@@ -467,7 +471,10 @@ class UdpLossyProxy:
             elif self._client_addr is None:
                 path.ignored += 1  # nobody to send it to
                 continue
-            link.send(bytes(view[:nbytes]), now)
+            data = bytes(view[:nbytes])
+            if self.tap is not None:
+                self.tap(direction, data)
+            link.send(data, now)
         self._schedule(path)
 
     def _schedule(self, path: _Path) -> None:
