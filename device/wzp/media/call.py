@@ -358,17 +358,8 @@ class CallEngine:
             raise SessionError("Rekey outside an active call")
         verify_rekey(self.peer_identity, msg.new_ephemeral_pub, msg.signature, cid)
         answering = self.session.state is State.ACTIVE
-        if answering:
-            # the peer started it: answer with our own new key
-            self.session.rekey_started(cid, now)
-            self._rekey_eph = Ephemeral.generate()
-            self._send(
-                sig.Rekey(
-                    new_ephemeral_pub=self._rekey_eph.public,
-                    signature=sign_rekey(self.identity, self._rekey_eph, cid),
-                    call_id=_hex(cid),
-                )
-            )
+        if answering:  # the peer started it: answer with our own new key
+            self._send_rekey(cid, now)
         if self._rekey_eph is None:
             raise SessionError("Rekey with no rekey under way")
         # the initiator holds both keys only once our answer has arrived, so the answering
@@ -397,6 +388,11 @@ class CallEngine:
         cid = self.session.call_id
         if self.session.state is not State.ACTIVE or cid is None or self._keys is None:
             return
+        self._send_rekey(cid, now)
+        self._event(now, "rekey", "started")
+
+    def _send_rekey(self, cid: bytes, now: float) -> None:
+        """Enter REKEYING with a fresh X25519 key and send it, signed (SPEC 6.6)."""
         self.session.rekey_started(cid, now)
         self._rekey_eph = Ephemeral.generate()
         self._send(
@@ -406,7 +402,6 @@ class CallEngine:
                 call_id=_hex(cid),
             )
         )
-        self._event(now, "rekey", "started")
 
     def _finish_rekey(self, peer_new_pub: bytes, now: float, switch_send: bool = True) -> None:
         assert self._rekey_eph is not None and self._keys is not None and self.role is not None
