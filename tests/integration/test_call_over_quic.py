@@ -180,3 +180,73 @@ async def test_call_between_two_processes_through_a_lossy_link(tmp_path: Path, l
     assert len(frames) > 50 and len(wire) > 100
     blob = b"\x00".join(wire)
     assert not any(f[:12] in blob for f in frames)
+
+
+async def _start_listener(tmp_path: Path, b_id: Identity, *extra: str):  # type: ignore[no-untyped-def]
+    write_seed(tmp_path / "b.seed", b_id.seed_bytes())
+    port = _free_udp_port()
+    proc = await asyncio.create_subprocess_exec(
+        *_wzp(), "listen", "--identity", str(tmp_path / "b.seed"), "--port", str(port),
+        "--host", "127.0.0.1", "--once", *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 20)
+    assert b"listening on port" in line, line
+    return proc, port
+
+
+class _Silence:
+    def read(self) -> np.ndarray:
+        return np.zeros(960, dtype=np.int16)
+
+
+class _Discard:
+    def write(self, pcm: np.ndarray) -> None:
+        pass
+
+
+async def test_hangup_by_the_callee_ends_both_within_2_s(tmp_path: Path) -> None:
+    a_id, b_id = Identity.generate(), Identity.generate()
+    proc, port = await _start_listener(tmp_path, b_id, "--duration", "4")
+    try:
+        conn = await connect_wzp("127.0.0.1", port, a_id, b_id.fingerprint, timeout=20)
+        engine = CallEngine(a_id, TierCodec, make_frame_decoder)
+        runner = CallRunner(engine, conn, _Silence(), _Discard())
+        engine.dial(b_id.fingerprint, runner.now())
+        engine.on_connected(runner.now(), conn.peer_fingerprint)
+        reason = await asyncio.wait_for(runner.run(max_duration=30), 30)
+        ended = [e for e in engine.take_events() if e.state.value == "closed"]
+        await conn.aclose(runner.close_phrase())
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert reason is EndReason.NORMAL
+    assert engine.session.end_detail == "peer hung up"
+    # the callee hung up 4 s into the call; the caller knew within 2 s
+    active_at = engine.session.history[-2].at if len(engine.session.history) > 1 else 0.0
+    closed_at = ended[0].at
+    assert closed_at - active_at < 4.0 + 2.0
+    assert "call ended: Normal (hung up here)" in out.decode()
+
+
+async def test_killed_peer_ends_the_call_with_timeout(tmp_path: Path) -> None:
+    a_id, b_id = Identity.generate(), Identity.generate()
+    proc, port = await _start_listener(tmp_path, b_id)
+    conn = await connect_wzp("127.0.0.1", port, a_id, b_id.fingerprint, timeout=20)
+    engine = CallEngine(a_id, TierCodec, make_frame_decoder)
+    runner = CallRunner(engine, conn, _Silence(), _Discard())
+    engine.dial(b_id.fingerprint, runner.now())
+    engine.on_connected(runner.now(), conn.peer_fingerprint)
+    task = asyncio.create_task(runner.run(max_duration=60))
+    await asyncio.sleep(3)
+    proc.kill()  # no Hangup, no CONNECTION_CLOSE: the process is just gone
+    await proc.wait()
+    killed_at = runner.now()
+    reason = await asyncio.wait_for(task, 40)
+    await conn.aclose()
+    assert reason is EndReason.TIMEOUT
+    assert runner.now() - killed_at <= 30 + 2  # QUIC idle timeout 30 s
