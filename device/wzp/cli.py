@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=1)
     q.add_argument("--keep-audio", type=Path, metavar="DIR", help="write reference and outputs")
     q.set_defaults(func=_cmd_bench_quality)
+    t = bsub.add_parser(
+        "transport", help="datagrams over real QUIC through a lossy link: delivery, queueing, CPU"
+    )
+    t.add_argument("--out", type=Path, required=True, help="JSON results file")
+    t.add_argument("--seed", type=int, default=1)
+    t.set_defaults(func=_cmd_bench_transport)
     c = bsub.add_parser("cpu", help="CPU per second of audio for each tier, and FEC backends")
     c.add_argument("--out", type=Path, required=True, help="JSON results file")
     c.add_argument("--speech", type=Path, help="8 or 16 kHz mono WAV, or raw s16 at 8 kHz")
@@ -355,6 +361,14 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
     for c in report["checks"]:
         if not c["met"]:
             print(f"  not met: {c['target']} (measured {c['measured']})")
+    return 0
+
+
+def _cmd_bench_transport(args: argparse.Namespace) -> int:
+    from .bench.transport import run_transport
+
+    run_transport(args.out, args.seed, log=_bench_log)
+    print(f"wrote {args.out}")
     return 0
 
 
