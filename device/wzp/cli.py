@@ -165,7 +165,7 @@ def _call_args(p: argparse.ArgumentParser) -> None:
 
 def _call_setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """Identity and audio for listen/dial; raises SystemExit with a clear message."""
-    from .audio.files import AudioFileError, FileSink, FileSource
+    from .audio.files import AudioFileError, Discard, FileSink, FileSource, Silence
     from .crypto.identity import Identity
     from .daemon.identity_store import SeedFileError, load_or_create_seed, load_seed
 
@@ -177,24 +177,11 @@ def _call_setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     except (SeedFileError, OSError) as exc:
         raise SystemExit(f"wzp: identity: {exc}") from None
 
-    class _Silence:
-        def read(self):  # type: ignore[no-untyped-def]
-            import numpy as np
-
-            return np.zeros(960, dtype=np.int16)
-
-    class _Discard:
-        def write(self, pcm) -> None:  # type: ignore[no-untyped-def]
-            pass
-
-        def close(self) -> None:
-            pass
-
     try:
-        source = FileSource(args.in_) if args.in_ else _Silence()
+        source = FileSource(args.in_) if args.in_ else Silence()
     except AudioFileError as exc:
         raise SystemExit(f"wzp: --in: {exc}") from None
-    sink = FileSink(args.out) if args.out else _Discard()
+    sink = FileSink(args.out) if args.out else Discard()
     return ident, source, sink
 
 
@@ -323,8 +310,7 @@ def _cmd_dial(args: argparse.Namespace) -> int:
             rekey_after_s=args.rekey_after,
         )
         runner = CallRunner(engine, conn, source, sink, on_status=_print_status)
-        engine.dial(peer, runner.now())
-        engine.on_connected(runner.now(), conn.peer_fingerprint)
+        runner.dial(peer)
         try:
             reason = await runner.run(args.duration)
         finally:

@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from wzp.audio.files import FileSink, FileSource, read_audio
+from wzp.audio.files import Discard, FileSink, FileSource, Silence, read_audio
 from wzp.bench.quality import align_delay
 from wzp.bench.speech import DEFAULT_SPEECH
 from wzp.crypto.identity import Identity
@@ -152,8 +152,7 @@ async def test_call_between_two_processes_through_a_lossy_link(tmp_path: Path, l
             runner = CallRunner(  # status lines: pytest shows them when the test fails
                 engine, conn, FileSource(speech), sink, on_status=lambda st: print(st.line())
             )
-            engine.dial(b_id.fingerprint, runner.now())
-            engine.on_connected(runner.now(), conn.peer_fingerprint)
+            runner.dial(b_id.fingerprint)
             reason = await runner.run(max_duration=CALL_S)
             await conn.aclose(runner.close_phrase())
             sink.close()
@@ -197,25 +196,14 @@ async def _start_listener(tmp_path: Path, b_id: Identity, *extra: str):  # type:
     return proc, port
 
 
-class _Silence:
-    def read(self) -> np.ndarray:
-        return np.zeros(960, dtype=np.int16)
-
-
-class _Discard:
-    def write(self, pcm: np.ndarray) -> None:
-        pass
-
-
 async def test_hangup_by_the_callee_ends_both_within_2_s(tmp_path: Path) -> None:
     a_id, b_id = Identity.generate(), Identity.generate()
     proc, port = await _start_listener(tmp_path, b_id, "--duration", "4")
     try:
         conn = await connect_wzp("127.0.0.1", port, a_id, b_id.fingerprint, timeout=20)
         engine = CallEngine(a_id, TierCodec, make_frame_decoder)
-        runner = CallRunner(engine, conn, _Silence(), _Discard())
-        engine.dial(b_id.fingerprint, runner.now())
-        engine.on_connected(runner.now(), conn.peer_fingerprint)
+        runner = CallRunner(engine, conn, Silence(), Discard())
+        runner.dial(b_id.fingerprint)
         reason = await asyncio.wait_for(runner.run(max_duration=30), 30)
         ended = [e for e in engine.take_events() if e.state.value == "closed"]
         await conn.aclose(runner.close_phrase())
@@ -238,9 +226,8 @@ async def test_killed_peer_ends_the_call_with_timeout(tmp_path: Path) -> None:
     proc, port = await _start_listener(tmp_path, b_id)
     conn = await connect_wzp("127.0.0.1", port, a_id, b_id.fingerprint, timeout=20)
     engine = CallEngine(a_id, TierCodec, make_frame_decoder)
-    runner = CallRunner(engine, conn, _Silence(), _Discard())
-    engine.dial(b_id.fingerprint, runner.now())
-    engine.on_connected(runner.now(), conn.peer_fingerprint)
+    runner = CallRunner(engine, conn, Silence(), Discard())
+    runner.dial(b_id.fingerprint)
     task = asyncio.create_task(runner.run(max_duration=60))
     await asyncio.sleep(3)
     proc.kill()  # no Hangup, no CONNECTION_CLOSE: the process is just gone
@@ -260,9 +247,8 @@ async def test_a_20_s_path_outage_keeps_the_call_and_audio_resumes(tmp_path: Pat
         async with UdpLossyProxy(("127.0.0.1", port), LinkConfig(delay_s=0.15)) as proxy:
             conn = await connect_wzp("127.0.0.1", proxy.port, a_id, b_id.fingerprint)
             engine = CallEngine(a_id, TierCodec, make_frame_decoder)
-            runner = CallRunner(engine, conn, FileSource(speech, loop=True), _Discard())
-            engine.dial(b_id.fingerprint, runner.now())
-            engine.on_connected(runner.now(), conn.peer_fingerprint)
+            runner = CallRunner(engine, conn, FileSource(speech, loop=True), Discard())
+            runner.dial(b_id.fingerprint)
             task = asyncio.create_task(runner.run(max_duration=40))
 
             def frames_heard() -> int:

@@ -99,3 +99,20 @@ class FileSink:
             w.setsampwidth(2)
             w.setframerate(SAMPLE_RATE)
             w.writeframes(data.astype("<i2").tobytes())
+
+
+class Silence:
+    """A source with nothing to say (a call that only listens)."""
+
+    def read(self) -> np.ndarray:
+        return np.zeros(PERIOD, dtype=np.int16)
+
+
+class Discard:
+    """A sink that plays nothing (a call that only talks)."""
+
+    def write(self, pcm: np.ndarray) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

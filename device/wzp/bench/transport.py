@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..audio.files import FileSource
+from ..audio.files import Discard, FileSource
 from ..crypto.identity import Identity
 from ..daemon.identity_store import write_seed
 from ..media.call import CallEngine
@@ -127,11 +127,6 @@ def _proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class _Discard:
-    def write(self, pcm: np.ndarray) -> None:
-        pass
-
-
 async def _cpu_point(loss: float, delay: float, seconds: float, seed: int) -> dict[str, Any]:
     """CPU of one handset process (``wzp listen``) during a full-duplex call over QUIC.
 
@@ -163,9 +158,8 @@ async def _cpu_point(loss: float, delay: float, seconds: float, seed: int) -> di
                 proxy.set_config("both", LinkConfig(loss=loss, delay_s=delay))
                 engine = CallEngine(a_id, make_tier_encoder, make_frame_decoder)
                 src = FileSource(DEFAULT_SPEECH, loop=True)
-                runner = CallRunner(engine, conn, src, _Discard())
-                engine.dial(b_id.fingerprint, runner.now())
-                engine.on_connected(runner.now(), conn.peer_fingerprint)
+                runner = CallRunner(engine, conn, src, Discard())
+                runner.dial(b_id.fingerprint)
                 task = asyncio.create_task(runner.run(seconds + 4))
                 while engine.media is None and not task.done():
                     await asyncio.sleep(0.05)

@@ -108,6 +108,11 @@ class CallRunner:
     def now(self) -> float:
         return self.loop.time() - self.t0
 
+    def dial(self, peer_fingerprint: bytes) -> None:
+        """Call ``peer_fingerprint`` over the (already connected) connection."""
+        self.engine.dial(peer_fingerprint, self.now())
+        self.engine.on_connected(self.now(), self.conn.peer_fingerprint)
+
     # -- connection -> engine ----------------------------------------------------------
 
     def _on_datagram(self, data: bytes) -> None:

@@ -75,9 +75,10 @@ _RCVBUF = 4 * 1024 * 1024  # requested; the kernel caps it (net.core.rmem_max)
 _MAX_DATAGRAM = 65536
 
 
-@dataclass(frozen=True)
-class DirectionStats:
-    """A snapshot of one direction's counters, summed over all its links (epochs).
+@dataclass
+class DirectionStats(LinkStats):
+    """A snapshot of one direction's counters, summed over all its links (epochs): the
+    link's counters (:class:`~wzp.sim.link.LinkStats`) plus what the sockets saw.
 
     Conservation::
 
@@ -85,22 +86,6 @@ class DirectionStats:
         delivered == forwarded + send_failed
     """
 
-    sent: int = 0
-    """Datagrams received by the proxy and offered to the link."""
-    sent_bytes: int = 0
-    """Payload bytes offered to the link."""
-    lost_random: int = 0
-    """Dropped by the loss model (independent or Gilbert)."""
-    lost_queue: int = 0
-    """Tail-dropped by the bottleneck queue."""
-    lost_blackout: int = 0
-    """Dropped because they were sent during a blackout window."""
-    duplicated: int = 0
-    """Extra copies created by duplication."""
-    delivered: int = 0
-    """Released by the link at their arrival time (duplicate copies included)."""
-    delivered_bytes: int = 0
-    """Payload bytes released by the link."""
     forwarded: int = 0
     """Datagrams actually written to the outgoing socket."""
     forwarded_bytes: int = 0
@@ -114,22 +99,10 @@ class DirectionStats:
     """Errors reported asynchronously on the outgoing socket (e.g. ICMP port unreachable)."""
     in_flight: int = 0
     """Datagrams scheduled but not yet released (discarded by ``close``)."""
-    max_backlog_bytes: float = 0.0
-    """Peak bottleneck backlog in wire bytes (max over epochs)."""
     max_lateness_s: float = 0.0
     """Worst delay between a datagram's scheduled arrival and its actual write (loop lag)."""
     epochs: int = 1
     """Links used so far: 1 + the number of config changes that started a new link."""
-
-    @property
-    def lost(self) -> int:
-        """Datagrams lost by the link for any reason."""
-        return self.lost_random + self.lost_queue + self.lost_blackout
-
-    @property
-    def loss_rate(self) -> float:
-        """Fraction of offered datagrams the link lost (0.0 before the first one)."""
-        return self.lost / self.sent if self.sent else 0.0
 
 
 @dataclass(frozen=True)
@@ -202,21 +175,13 @@ class _Path:
             _add_stats(total, link.stats)
             in_flight += link.in_flight
         return DirectionStats(
-            sent=total.sent,
-            sent_bytes=total.sent_bytes,
-            lost_random=total.lost_random,
-            lost_queue=total.lost_queue,
-            lost_blackout=total.lost_blackout,
-            duplicated=total.duplicated,
-            delivered=total.delivered,
-            delivered_bytes=total.delivered_bytes,
+            **dataclasses.asdict(total),
             forwarded=self.forwarded,
             forwarded_bytes=self.forwarded_bytes,
             send_failed=self.send_failed,
             ignored=self.ignored,
             socket_errors=self.socket_errors,
             in_flight=in_flight,
-            max_backlog_bytes=total.max_backlog_bytes,
             max_lateness_s=self.max_lateness,
             epochs=self.epoch + 1,
         )
