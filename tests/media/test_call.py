@@ -306,3 +306,34 @@ def test_low_order_or_wrong_keys_in_answer_end_the_call(field: str) -> None:
     bad = replace(answer, **{field: bytes(32)})
     p.inject("a", bad)
     assert p.a.state is State.CLOSED and p.a.session.end_reason is EndReason.ERROR
+
+
+def test_push_to_talk_spurts_play_from_their_first_frame(speech48: np.ndarray) -> None:
+    """Two spurts with a short pause: media time jumps over the pause (the receiver's
+    clock places the second spurt right, nothing is "late"), and the end of each spurt
+    is known from the keep-alives (no concealment is played or counted after it)."""
+    p = Pair(LinkConfig(delay_s=0.15))
+    p.call()
+    spurt = speech48[: 2 * 48000]
+    out_start = {}
+    for n in range(2):
+        p.captured["a"], p.pending["a"] = [0], 0
+        out_start[n] = len(p.out["b"])
+        p.run(2.0, {"a": spurt})
+        p.a.stop_sending()
+        p.run(1.5)  # released: keep-alives only
+    stats = _fates(p.b)
+    assert stats["late"] == 0
+    assert stats["concealed"] == 0 and stats["underruns"] == 0
+    heard = np.concatenate(p.out["b"]).astype(np.float64)
+    # each spurt is heard in full: its first 300 ms of speech arrive after one-way
+    # delay plus buffering, not swallowed
+    for n in range(2):
+        start = out_start[n] * 960
+        window = heard[start : start + int(1.2 * 48000)]
+        assert np.sqrt(np.mean(window**2)) > 0.3 * np.sqrt(
+            np.mean(spurt[: int(1.2 * 48000)].astype(np.float64) ** 2)
+        )
+    # and as much speech comes out of the second spurt as of the first
+    e = [np.sum(heard[out_start[n] * 960 : out_start[n] * 960 + 3 * 48000] ** 2) for n in range(2)]
+    assert 0.8 < e[1] / e[0] < 1.25

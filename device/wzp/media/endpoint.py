@@ -40,6 +40,8 @@ RECOMMEND_EVENTS = 2
 RECOMMEND_WINDOW_S = 5.0
 #: crossing from Opus to Codec2 trades quality for robustness: only past this residual
 RECOMMEND_CROSS_CODEC_RESIDUAL = 0.10
+#: no frame captured for this long counts as a pause even without stop_sending
+PAUSE_S = 0.5
 
 
 @dataclass
@@ -78,6 +80,7 @@ class MediaEndpoint:
         self._signals: list[QualityUpdate] = []
         self._reports_seen = 0
         self._last_capture: float | None = None
+        self._next_capture: float | None = None
         self._released = False
 
     # -- sending -------------------------------------------------------------------------
@@ -91,8 +94,19 @@ class MediaEndpoint:
         return self.sender.tier
 
     def capture(self, pcm48: np.ndarray, now: float) -> list[bytes]:
-        """One captured frame of :attr:`frame_samples` -> datagrams to send now."""
+        """One captured frame of :attr:`frame_samples` -> datagrams to send now.
+
+        ``now`` is when the frame's audio was captured. After a pause (push-to-talk
+        released, or nothing captured for a while) media time jumps over the pause, so
+        the receiver's clock sees the new spurt when it really starts, not late.
+        """
+        nxt = self._next_capture
+        if nxt is not None and self.sender.block_empty:
+            gap_ms = round((now - nxt) * 1000)
+            if gap_ms > 0 and (self._released or gap_ms >= PAUSE_S * 1000):
+                self.sender.skip_time(gap_ms)
         self._last_capture = now
+        self._next_capture = now + self.sender.tier.frame_ms / 1000
         self._released = False
         return self.sender.push_frame(pcm48)
 

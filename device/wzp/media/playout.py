@@ -157,6 +157,9 @@ class Playout:
         self._fates: deque[tuple[float, bool]] = deque()  # (time, lost) of recent frames
         self._hold_ms = 0  # media time held still while waiting for a possibly late frame
         self._hold_at = 0.0
+        #: media time at which the sender stopped (push-to-talk released), from its
+        #: keep-alives; nothing at or after it is owed until new frames arrive
+        self._spurt_end: int | None = None
         self.period = self.config.period_ms * SAMPLE_RATE // 1000
 
     # -- inputs ----------------------------------------------------------------------------
@@ -226,8 +229,19 @@ class Playout:
         if ts in self._frames:
             self.stats.duplicate += 1
             return False
+        if self._spurt_end is not None and ts >= self._spurt_end:
+            self._spurt_end = None  # a new talk spurt
         self._frames[ts] = _Entry(codec, payload, recovered)
         return True
+
+    def sender_paused(self, ts: int) -> None:
+        """The sender has stopped at media time ``ts`` (a keep-alive after its last frame).
+
+        When playout reaches ``ts`` with nothing queued, the talk spurt ends there: no
+        concealment is played or counted for frames that were never sent.
+        """
+        if ts >= self._next_ts or not self._playing:
+            self._spurt_end = ts
 
     # -- output ----------------------------------------------------------------------------
 
@@ -348,6 +362,10 @@ class Playout:
                 return
         # missing when due
         ahead = [t for t in self._frames if t > ts]
+        if not ahead and self._spurt_end is not None and ts >= self._spurt_end:
+            self._hold_ms = 0  # what a hold played was the pause's first silence
+            self._playing = False  # the sender paused here: the spurt is over, nothing lost
+            return
         if not ahead and self._concealed_run_ms >= self.config.max_conceal_ms:
             self._end_hold(lost=True)
             self._playing = False  # the talk spurt is over (or the link is dead)

@@ -66,7 +66,9 @@ class StreamReceiver:
         self.playout.set_loss(self.loss.loss(now), now)
         ts = self._ts.extend(header.ts)
         if not header.is_repair and not payload:
-            return  # keep-alive: it carried a report and a seq, nothing to play
+            # keep-alive: it carried a report and a seq, and says where the sender paused
+            self.playout.sender_paused(ts)
+            return
         block = self._blocks.get(header.block)
         if block is None or block.codec != header.codec:
             block = _Block(BlockDecoder(self.backend), header.codec)

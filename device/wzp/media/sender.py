@@ -92,6 +92,10 @@ class MediaSender:
     def set_loss_hint(self, loss_fraction: float) -> None:
         self.encoder.set_loss_hint(round(min(max(loss_fraction, 0.0), 1.0) * 100))
 
+    @property
+    def block_empty(self) -> bool:
+        return self._block.k == 0
+
     def skip_time(self, ms: int) -> None:
         """Advance media time over a pause (push-to-talk released), block closed first."""
         if self._block.k:
