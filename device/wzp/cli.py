@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, required=True, help="JSON results file")
     c.add_argument("--speech", type=Path, help="8 or 16 kHz mono WAV, or raw s16 at 8 kHz")
     c.set_defaults(func=_cmd_bench_cpu)
+
+    from .daemon.commands import add_parsers
+
+    add_parsers(sub)
     return parser
 
 

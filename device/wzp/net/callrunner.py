@@ -35,6 +35,9 @@ HANGUP_LINGER_S = 3.0
 HANGUP_COPIES = 3
 #: reason phrase prefix of a connection closed after a hang-up ("hangup:Normal")
 HANGUP_CLOSE = "hangup:"
+#: push-to-talk: audio captured this long before the key went down is sent first, so a
+#: word started together with the key press keeps its first syllable
+PREROLL_S = 0.1
 
 
 class AudioSource(Protocol):
@@ -85,6 +88,8 @@ class CallRunner:
         busy: Callable[[], bool] = lambda: False,
         on_status: Callable[[LinkStatus], None] | None = None,
         answer_after: float | None = None,
+        talk: Callable[[], bool] | None = None,
+        on_tick_late: Callable[[float], None] | None = None,
     ) -> None:
         self.engine = engine
         self.conn = conn
@@ -93,6 +98,12 @@ class CallRunner:
         self.busy = busy
         self.on_status = on_status
         self.answer_after = answer_after  # auto-answer (no button on a command line)
+        #: push-to-talk: media is captured only while this says so (None: always)
+        self.talk = talk
+        #: told how late (s) a media tick ran when it missed its deadline by > 10 ms
+        self.on_tick_late = on_tick_late
+        self._talking = False
+        self._preroll = np.zeros(0, dtype=np.int16)
         self.loop = asyncio.get_running_loop()
         self.t0 = self.loop.time()
         self._pending = np.zeros(0, dtype=np.int16)
@@ -126,7 +137,7 @@ class CallRunner:
             self.loop.call_later(1.0, self.stop)
             return
         self.engine.on_message(msg, self.now())
-        self._flush()
+        self.flush()
 
     def _on_close(self, conn: WzpConnection) -> None:
         reason = conn.close_reason or "connection closed"
@@ -146,7 +157,7 @@ class CallRunner:
         end = self.engine.session.end_reason
         return f"{HANGUP_CLOSE}{end.value}" if end is not None else ""
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         for msg in self.engine.take_messages():
             try:
                 sid = self.conn.send_message(msg)
@@ -179,7 +190,7 @@ class CallRunner:
             self._tick(now)
             if max_duration is not None and now >= max_duration and self.engine.session.live:
                 self.engine.hangup(now)
-                self._flush()
+                self.flush()
             if not self.engine.session.live and self.engine.state is State.CLOSED:
                 ended_at = ended_at if ended_at is not None else now
                 # keep the connection until the peer has the Hangup (it may need
@@ -193,6 +204,8 @@ class CallRunner:
                 self.on_status(self.status(now))
             deadline += PERIOD_S
             delay = deadline - self.loop.time()
+            if delay < -0.010 and self.on_tick_late is not None:
+                self.on_tick_late(-delay)
             if delay < -0.2:  # fell far behind (suspended): resynchronise, count nothing
                 deadline = self.loop.time()
                 delay = 0
@@ -211,19 +224,45 @@ class CallRunner:
         if eng.media is not None:
             # audio is taken from the source only while a call is up: a file given to
             # --in starts at its beginning when the call is answered
-            self._pending = np.concatenate((self._pending, self.source.read()))
+            self._take_audio()
             rtt = self.conn.rtt
             if rtt is not None:
                 eng.media.rtt_ms = rtt * 1000
             while len(self._pending) >= eng.frame_samples and eng.media is not None:
                 n = eng.frame_samples
-                eng.capture(self._pending[:n], now)
+                # when this frame's first sample was captured (pre-roll: before now)
+                eng.capture(self._pending[:n], now - len(self._pending) / 48000)
                 self._pending = self._pending[n:]
         else:
             self._pending = self._pending[:0]
         eng.tick(now)
-        self._flush()
+        self.flush()
         self.sink.write(eng.playout(now))
+
+    def _take_audio(self) -> None:
+        chunk = self.source.read()
+        if self.talk is None:
+            self._pending = np.concatenate((self._pending, chunk))
+            return
+        if self.talk():
+            if not self._talking:
+                # key down: what was said just before goes first
+                self._pending = self._preroll
+                self._preroll = np.zeros(0, dtype=np.int16)
+                self._talking = True
+            self._pending = np.concatenate((self._pending, chunk))
+            return
+        if self._talking:
+            # key up (after the hangover): the open FEC block is closed and sent now
+            self._talking = False
+            self._pending = self._pending[:0]
+            self.engine.stop_sending()
+        keep = round(PREROLL_S * 48000)
+        self._preroll = np.concatenate((self._preroll, chunk))[-keep:]
+
+    @property
+    def talking(self) -> bool:
+        return self.talk is None or self._talking
 
     def status(self, now: float) -> LinkStatus:
         eng = self.engine

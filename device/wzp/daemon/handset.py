@@ -1,0 +1,858 @@
+"""The handset: buttons and the control socket in, calls over QUIC, LEDs and audio out.
+
+One :class:`Handset` is the daemon behind ``wzp run`` (and each of the two handsets of
+``wzp demo``). It owns:
+
+- the board (buttons -> actions; call state -> status, link and TX LEDs), polled by a
+  50 Hz UI task on the event loop (button edges are queued by gpiozero's thread);
+- the audio port (ALSA threads in the daemon, files in the demo), read and written by
+  the call's media clock; while there is no call the UI task drains the capture ring;
+- a QUIC server for incoming calls and the outgoing dial, each call one
+  :class:`~wzp.net.callrunner.CallRunner` around one :class:`~wzp.media.call.CallEngine`;
+- the resource monitor, whose caps (Opus complexity, tiers) are applied to the call;
+- the control socket (``wzp status``, ``call``, ``answer``, ``hangup``, ``ptt`` ...).
+
+Push-to-talk: in half-duplex mode the microphone is live while PTT is held, plus a
+short hangover after release, with the audio of the moment before the press sent first
+(the first syllable is kept); the speaker is muted while talking. In full-duplex mode
+PTT toggles the microphone's mute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .. import __version__
+from ..board.board import Board
+from ..board.buttons import ButtonEvent
+from ..crypto.identity import Identity, fingerprint, fingerprint_text, parse_fingerprint
+from ..media.call import CallEngine
+from ..media.codecs import DEFAULT_COMPLEXITY, TierCodec, make_frame_decoder
+from ..net.callrunner import CallRunner
+from ..net.quic import PeerFingerprintMismatch, WzpConnection, connect_wzp, serve_wzp
+from ..proto.session import State
+from .config import Config, Contact
+from .contacts import ContactsError, ContactStore, merge_contacts
+from .control import ControlError, ControlServer
+from .notify import Notifier
+from .resources import ResourceMonitor
+
+log = logging.getLogger(__name__)
+
+UI_PERIOD_S = 0.02
+#: after PTT is released the microphone stays live this long (end of the last word)
+PTT_HANGOVER_S = 0.3
+#: a failed call shows the error pattern this long
+ERROR_SHOW_S = 5.0
+#: an accepted connection that has not offered a call by then is closed
+OFFER_WAIT_S = 15.0
+DIAL_TIMEOUT_S = 15.0
+VOLUME_STEP_DB = 3.0
+VOLUME_RANGE_DB = (-40.0, 20.0)
+#: audio port states that light the error pattern (the card is gone, held, or broken)
+AUDIO_FAULTS = ("missing", "busy", "error")
+
+
+class AudioPort(Protocol):
+    """The sound card (``wzp.audio.alsa.AudioDevice``) or files (the demo)."""
+
+    @property
+    def state(self) -> str: ...  # "ok", "missing", "busy", "error"
+
+    @property
+    def error(self) -> str | None: ...
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def read(self) -> np.ndarray: ...
+    def write(self, pcm: np.ndarray) -> None: ...
+    def drain(self) -> None: ...
+    def levels(self) -> dict[str, float]: ...
+    def status_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(eq=False)
+class CallInfo:
+    runner: CallRunner
+    conn: WzpConnection
+    direction: str  # "outgoing" | "incoming"
+    peer_name: str | None
+    started: float
+    tier_changes: int = 0
+    last_tier: str | None = None
+    complexity: int = DEFAULT_COMPLEXITY
+    forbidden: frozenset[str] = frozenset()
+    codecs: list[TierCodec] = field(default_factory=list)
+    #: (time, frames due, concealed) samples for the post-FEC loss window
+    residual: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=6))
+
+
+class _CallAudio:
+    """The audio the call's media clock reads and writes: PTT gating, mute, volume."""
+
+    def __init__(self, handset: Handset) -> None:
+        self.h = handset
+        self.read_at = -math.inf
+
+    def read(self) -> np.ndarray:
+        self.read_at = time.monotonic()
+        return self.h.audio.read()
+
+    def write(self, pcm: np.ndarray) -> None:
+        h = self.h
+        if h.config.mode == "half-duplex" and h.talk_now():
+            pcm = np.zeros_like(pcm)  # speaker muted while transmitting
+        elif h.volume_db != 0.0:
+            gain = 10 ** (h.volume_db / 20)
+            pcm = np.clip(pcm.astype(np.float32) * gain, -32768, 32767).astype(np.int16)
+        h.audio.write(pcm)
+
+
+class Handset:
+    def __init__(
+        self,
+        config: Config,
+        identity: Identity,
+        board: Board,
+        audio: AudioPort,
+        *,
+        monitor: ResourceMonitor | None = None,
+        notifier: Notifier | None = None,
+        contacts: ContactStore | None = None,
+        gpio_description: str = "",
+        rekey_after_s: float | None = None,
+        alias: str | None = None,
+        control: bool = True,
+        on_led_change: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.board = board
+        self.audio = audio
+        self.monitor = monitor
+        self.notifier = notifier or Notifier("")
+        self.contacts = contacts
+        self.gpio_description = gpio_description
+        self.rekey_after_s = rekey_after_s
+        self.alias = alias
+        self.on_led_change = on_led_change
+        self.volume_db = config.volume_db
+        self.call: CallInfo | None = None
+        self.dialing: str | None = None
+        self.last_call: dict[str, Any] | None = None
+        self.last_error: str | None = None
+        self.events: deque[dict[str, Any]] = deque(maxlen=50)
+        self.ptt_down = False
+        self.ptt_released_at = -math.inf
+        self.muted = False
+        self.started_at = time.monotonic()
+        self.tier_changes = 0
+        self.calls_total = 0
+        self._error_until = -math.inf
+        self._call_audio = _CallAudio(self)
+        self._server: Any = None
+        self._control = (
+            ControlServer(config.control_socket, config.control_group) if control else None
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._dial_task: asyncio.Task[Any] | None = None
+        self._ui_task: asyncio.Task[Any] | None = None
+        self._stop = asyncio.Event()
+        self._led_state: dict[str, Any] = {}
+        self._button_watchers: list[asyncio.Queue[ButtonEvent]] = []
+        self._led_test_until = -math.inf
+        self._offering: set[CallInfo] = set()
+        self.port: int | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.audio.start()
+        self._server = await serve_wzp(
+            list(self.config.listen_hosts), self.config.listen_port, self.identity, self._incoming
+        )
+        self.port = self._server.port
+        if self._control is not None:
+            self._register_control()
+            await self._control.start()
+        self._ui_task = asyncio.ensure_future(self._ui_loop())
+        log.info(
+            "handset ready: %s, listening on port %d, mode %s, gpio %s, audio %s",
+            self.identity.fingerprint_text,
+            self.port,
+            self.config.mode,
+            self.gpio_description or "-",
+            self.audio.state,
+        )
+        self.notifier.ready(self.summary())
+
+    async def run(self) -> None:
+        await self._stop.wait()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        """Hang up, stop the audio threads (joined), then close the network and the board."""
+        self.notifier.stopping()
+        if self.call is not None and self.call.runner.engine.session.live:
+            self.hangup()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._wait_call_end(), 4.0)
+        if self._dial_task is not None:
+            self._dial_task.cancel()
+        self.audio.stop()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._ui_task is not None:
+            self._ui_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._ui_task
+        if self._control is not None:
+            await self._control.close()
+        self.board.close()
+
+    async def _wait_call_end(self) -> None:
+        while self.call is not None:
+            await asyncio.sleep(0.05)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("handset task failed", exc_info=task.exception())
+
+    # -- contacts --------------------------------------------------------------------------
+
+    def user_contacts(self) -> dict[str, Contact]:
+        """Contacts added with ``wzp contacts add``; a corrupt file is reported, not fatal."""
+        if self.contacts is None:
+            return {}
+        try:
+            return self.contacts.load()
+        except ContactsError as exc:
+            if self.last_error != str(exc):
+                self._fail(f"contacts file unusable: {exc}")
+            return {}
+
+    def all_contacts(self) -> dict[str, Contact]:
+        return merge_contacts(dict(self.config.contacts), self.user_contacts())
+
+    def _accept(self, fp: bytes) -> bool:
+        if self.config.accept == "anyone":
+            return True
+        return any(c.fingerprint == fp for c in self.all_contacts().values())
+
+    def _name_of(self, fp: bytes | None) -> str | None:
+        if fp is None:
+            return None
+        for c in self.all_contacts().values():
+            if c.fingerprint == fp:
+                return c.name
+        return None
+
+    def resolve(self, target: str) -> Contact:
+        contacts = self.all_contacts()
+        if target in contacts:
+            return contacts[target]
+        try:
+            fp = parse_fingerprint(target)
+        except ValueError:
+            raise ControlError(
+                f"no contact named {target!r} (known: {', '.join(sorted(contacts)) or 'none'})"
+            ) from None
+        for c in contacts.values():
+            if c.fingerprint == fp:
+                return c
+        raise ControlError(f"fingerprint {target} is not in the contacts (no address known)")
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def _note(self, kind: str, detail: str) -> None:
+        self.events.append(
+            {"t": round(self.now() - self.started_at, 3), "kind": kind, "detail": detail}
+        )
+        log.info("%s: %s", kind, detail)
+
+    def _fail(self, detail: str) -> None:
+        self.last_error = detail
+        self._error_until = self.now() + ERROR_SHOW_S
+        self._note("error", detail)
+
+    def place_call(self, target: str | None = None) -> str:
+        """Call a contact (default: the configured default contact)."""
+        if self.call is not None or self.dialing is not None:
+            raise ControlError("already in a call")
+        name = target or self.config.default_contact
+        if not name:
+            raise ControlError("no default contact: set call.default_contact or give a name")
+        contact = self.resolve(name)
+        self.dialing = contact.name
+        self._note("dial", f"calling {contact.name} at {contact.address}")
+        self._dial_task = self._spawn(self._dial(contact))
+        return contact.name
+
+    async def _dial(self, contact: Contact) -> None:
+        try:
+            conn = await connect_wzp(
+                contact.host,
+                contact.port,
+                self.identity,
+                expected_fingerprint=contact.fingerprint,
+                timeout=DIAL_TIMEOUT_S,
+            )
+        except PeerFingerprintMismatch:
+            self.dialing = None
+            self._fail(f"{contact.name} at {contact.address} is not the expected identity")
+            return
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            self.dialing = None
+            self._fail(f"cannot reach {contact.name} at {contact.address}: {exc or 'timeout'}")
+            return
+        except asyncio.CancelledError:
+            self.dialing = None
+            self._note("dial", "cancelled")
+            raise
+        self.dialing = None
+        info = self._new_call(conn, "outgoing", contact.name)
+        self.call = info
+        info.runner.dial(contact.fingerprint)
+        await self._run_call(info)
+
+    def _new_call(self, conn: WzpConnection, direction: str, name: str | None) -> CallInfo:
+        codecs: list[TierCodec] = []
+        caps_complexity = self._caps_complexity()
+
+        def encoder() -> TierCodec:
+            codec = TierCodec(caps_complexity)
+            codecs.append(codec)
+            return codec
+
+        engine = CallEngine(
+            self.identity,
+            encoder,
+            make_frame_decoder,
+            accept=self._accept,
+            alias=self.alias,
+            rekey_after_s=self.rekey_after_s,
+        )
+        info: CallInfo | None = None
+
+        def busy() -> bool:
+            # this connection offers a call: refuse when another call holds the handset
+            return self.dialing is not None or any(
+                other is not info and other.runner.engine.session.live
+                for other in self._live_calls()
+            )
+
+        runner = CallRunner(
+            engine,
+            conn,
+            self._call_audio,
+            self._call_audio,
+            busy=busy,
+            answer_after=self.config.auto_answer_s,
+            talk=self.talk_now,
+            on_tick_late=self._tick_late,
+        )
+        info = CallInfo(runner, conn, direction, name, self.now(), codecs=codecs)
+        info.complexity = caps_complexity
+        return info
+
+    def _live_calls(self) -> list[CallInfo]:
+        return ([self.call] if self.call is not None else []) + list(self._offering)
+
+    async def _incoming(self, conn: WzpConnection) -> None:
+        info = self._new_call(conn, "incoming", self._name_of(conn.peer_fingerprint))
+        # the connection becomes the handset's call once its offer is accepted (it rings);
+        # one that offers nothing acceptable is closed after OFFER_WAIT_S
+        self._offering.add(info)
+        watchdog = asyncio.get_running_loop().call_later(
+            OFFER_WAIT_S, lambda: info.runner.stop() if self.call is not info else None
+        )
+        try:
+            await self._run_call(info)
+        finally:
+            watchdog.cancel()
+            self._offering.discard(info)
+
+    def _claim_incoming(self) -> None:
+        for info in list(self._offering):
+            if info.runner.engine.session.live and self.call is None and self.dialing is None:
+                self._offering.discard(info)
+                self.call = info
+                pub = info.runner.engine.peer_identity
+                info.peer_name = info.peer_name or self._name_of(fingerprint(pub) if pub else None)
+                self._note("call", f"incoming call from {info.peer_name or 'an unknown caller'}")
+
+    async def _run_call(self, info: CallInfo) -> None:
+        runner = info.runner
+        try:
+            await runner.run()
+        finally:
+            with contextlib.suppress(Exception):
+                await info.conn.aclose(runner.close_phrase())
+            if self.call is info:
+                self._end_call(info)
+
+    def _end_call(self, info: CallInfo) -> None:
+        eng = info.runner.engine
+        reason = eng.session.end_reason
+        self.last_call = {
+            "peer": info.peer_name or _fp_text(eng.peer_identity),
+            "direction": info.direction,
+            "ended": reason.value if reason else "NoCall",
+            "detail": eng.session.end_detail or "",
+            "duration_s": round(self.now() - info.started, 1),
+            "rekeys": eng.stats.rekeys,
+            "tier_changes": info.tier_changes,
+            "residual_loss_pct": _residual_pct(info, whole_call=True),
+        }
+        self.calls_total += 1
+        self._note("call", f"ended: {self.last_call['ended']} {self.last_call['detail']}".strip())
+        if reason is not None and reason.value not in ("Normal", "Declined", "Busy"):
+            self._fail(f"call with {self.last_call['peer']} ended: {reason.value}")
+        self.call = None
+        self.ptt_down = False
+        self.muted = False
+
+    def answer(self) -> None:
+        info = self.call
+        if info is None or info.runner.engine.state is not State.RINGING:
+            raise ControlError("nothing is ringing")
+        info.runner.engine.answer(info.runner.now())
+        info.runner.flush()
+        self._note("call", "answered")
+
+    def hangup(self) -> str:
+        if self.dialing is not None and self._dial_task is not None:
+            self._dial_task.cancel()
+            return "dial cancelled"
+        info = self.call
+        if info is None or not info.runner.engine.session.live:
+            raise ControlError("no call to hang up")
+        ringing = info.runner.engine.state is State.RINGING
+        info.runner.engine.hangup(info.runner.now())
+        info.runner.flush()
+        self._note("call", "declined" if ringing else "hung up")
+        return "declined" if ringing else "hung up"
+
+    def set_ptt(self, down: bool) -> None:
+        if self.config.mode == "full-duplex":
+            if down:
+                self.muted = not self.muted
+                self._note("ptt", "muted" if self.muted else "unmuted")
+            return
+        if down == self.ptt_down:
+            return
+        self.ptt_down = down
+        if not down:
+            self.ptt_released_at = self.now()
+        self._note("ptt", "down" if down else "up")
+
+    def talk_now(self) -> bool:
+        if self.config.mode == "full-duplex":
+            return not self.muted
+        return self.ptt_down or self.now() - self.ptt_released_at < PTT_HANGOVER_S
+
+    def change_volume(self, step_db: float) -> None:
+        lo, hi = VOLUME_RANGE_DB
+        self.volume_db = min(hi, max(lo, self.volume_db + step_db))
+        self._note("volume", f"{self.volume_db:+.0f} dB")
+
+    # -- buttons ---------------------------------------------------------------------------
+
+    def on_button(self, ev: ButtonEvent) -> None:
+        for q in self._button_watchers:
+            q.put_nowait(ev)
+        try:
+            self._button(ev)
+        except ControlError as exc:
+            self._fail(str(exc))
+
+    def _button(self, ev: ButtonEvent) -> None:
+        role, kind = ev.role, ev.kind
+        if kind == "stuck":
+            self._fail(f"{role} button held for a long time: ignored until released")
+            if role == "ptt":
+                self.set_ptt(False)
+            return
+        state = self.call.runner.engine.state if self.call is not None else None
+        if role == "call":
+            if kind == "press":
+                if state is State.RINGING:
+                    self.answer()
+                elif self.call is None and self.dialing is None:
+                    self.place_call()
+            elif kind == "long" and (self.call is not None or self.dialing is not None):
+                self.hangup()
+        elif role == "hangup" and kind == "press":
+            if self.call is not None or self.dialing is not None:
+                self.hangup()
+        elif role == "ptt" and kind in ("press", "release"):
+            self.set_ptt(kind == "press")
+        elif role == "volume_up" and kind == "press":
+            self.change_volume(VOLUME_STEP_DB)
+        elif role == "volume_down" and kind == "press":
+            self.change_volume(-VOLUME_STEP_DB)
+
+    # -- the UI loop: buttons, LEDs, idle audio, resources, watchdog -------------------------
+
+    async def _ui_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_slow = 0.0
+        next_watchdog = 0.0
+        while True:
+            now = self.now()
+            try:
+                self._claim_incoming()
+                for ev in self.board.poll(now):
+                    self.on_button(ev)
+                self._update_leds(now)
+                self.board.tick(now)
+                if time.monotonic() - self._call_audio.read_at > 0.1:
+                    self.audio.drain()  # no call is taking the microphone
+                if now >= next_slow:
+                    next_slow = now + 1.0
+                    await self._slow_tick(now)
+                wd = self.notifier.watchdog_interval_s
+                if wd is not None and now >= next_watchdog:
+                    next_watchdog = now + wd
+                    self.notifier.watchdog()
+            except Exception:  # one bad tick must not stop the buttons and LEDs
+                log.exception("handset UI tick failed")
+            await asyncio.sleep(max(0.0, UI_PERIOD_S - (loop.time() % UI_PERIOD_S)))
+
+    async def _slow_tick(self, now: float) -> None:
+        info = self.call
+        if self.monitor is not None:
+            await self.monitor.sample_async(now)
+            if info is not None:
+                self._apply_caps(info)
+        if info is not None:
+            media = info.runner.engine.media
+            if media is not None:
+                tier = media.tier.name
+                if info.last_tier is not None and tier != info.last_tier:
+                    info.tier_changes += 1
+                    self.tier_changes += 1
+                    self._note("tier", f"{info.last_tier} -> {tier}")
+                info.last_tier = tier
+                due = conc = 0
+                for rx in media.receiver.streams.values():
+                    due += rx.playout.stats.frames_due
+                    conc += rx.playout.stats.concealed
+                info.residual.append((now, due, conc))
+        self.notifier.status(self.summary())
+
+    def _caps_complexity(self) -> int:
+        return self.monitor.caps().complexity if self.monitor is not None else DEFAULT_COMPLEXITY
+
+    def _apply_caps(self, info: CallInfo) -> None:
+        assert self.monitor is not None
+        caps = self.monitor.caps()
+        if caps.complexity != info.complexity:
+            info.complexity = caps.complexity
+            for codec in info.codecs:
+                codec.set_complexity(caps.complexity)
+            self._note("resources", f"Opus complexity {caps.complexity}")
+        media = info.runner.engine.media
+        if media is not None and caps.forbidden_tiers != info.forbidden:
+            info.forbidden = caps.forbidden_tiers
+            media.forbid_tiers(set(caps.forbidden_tiers))
+            self._note("resources", f"tiers forbidden: {sorted(caps.forbidden_tiers) or 'none'}")
+
+    def _tick_late(self, late_s: float) -> None:
+        if self.monitor is not None:
+            self.monitor.note_deadline_miss(self.now())
+
+    def status_led(self, now: float) -> str:
+        if self.audio.state in AUDIO_FAULTS or now < self._error_until:
+            return "error"
+        if self.dialing is not None:
+            return "connecting"
+        if self.call is None:
+            return "idle"
+        state = self.call.runner.engine.state
+        return {
+            State.IDLE: "idle",
+            State.CONNECTING: "connecting",
+            State.HANDSHAKING: "connecting",
+            State.ALERTING: "ringing",
+            State.RINGING: "ringing",
+            State.ACTIVE: "in_call",
+            State.REKEYING: "rekeying",
+            State.CLOSED: "idle",
+        }[state]
+
+    def _update_leds(self, now: float) -> None:
+        if now < self._led_test_until:
+            return
+        status = self.status_led(now)
+        media = self.call.runner.engine.media if self.call is not None else None
+        tier = media.tier.name if media is not None else None
+        tx = bool(media is not None and self.call is not None and self.call.runner.talking)
+        new = {"status": status, "link": tier, "tx": tx}
+        if new == self._led_state:
+            return
+        self._led_state = new
+        self.board.set_status(status)
+        self.board.set_link(tier)
+        self.board.set_tx(tx)
+        if self.on_led_change is not None:
+            self.on_led_change(self.alias or "handset", dict(new))
+
+    # -- status ----------------------------------------------------------------------------
+
+    def state_name(self) -> str:
+        if self.dialing is not None:
+            return "dialing"
+        if self.call is None:
+            return "idle"
+        return self.call.runner.engine.state.value.lower()
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS= and the demo."""
+        s = self.state_name()
+        if self.call is not None:
+            media = self.call.runner.engine.media
+            peer = self.call.peer_name or "peer"
+            s += f" with {peer}"
+            if media is not None:
+                s += f", tier {media.tier.name}"
+        if self.audio.state in AUDIO_FAULTS:
+            s += f"; audio {self.audio.state}"
+        return s
+
+    def status(self) -> dict[str, Any]:
+        now = self.now()
+        info = self.call
+        call: dict[str, Any] | None = None
+        if info is not None:
+            r = info.runner
+            eng = r.engine
+            ls = r.status(r.now())
+            residual = _residual_pct(info)
+            drops = {}
+            if eng.media is not None:
+                drops = {k.value: v for k, v in eng.media.receiver.drops.items()}
+            call = {
+                "peer": info.peer_name or _fp_text(eng.peer_identity),
+                "peer_fingerprint": _fp_text(eng.peer_identity),
+                "direction": info.direction,
+                "state": eng.state.value.lower(),
+                "duration_s": round(now - info.started, 1),
+                "tier": None if eng.media is None else eng.media.tier.name,
+                "tier_changes": info.tier_changes,
+                "loss_pct": None if ls.loss_pct is None else round(ls.loss_pct, 2),
+                "residual_loss_pct": residual,
+                "rtt_ms": None if ls.rtt_ms is None else round(ls.rtt_ms, 1),
+                "jitter_ms": round(ls.jitter_ms, 1),
+                "tx_kbps": round(ls.tx_kbps, 1),
+                "rx_kbps": round(ls.rx_kbps, 1),
+                "rekeys": ls.rekeys,
+                "recovered": ls.recovered,
+                "concealed": ls.concealed,
+                "talking": r.talking if eng.media is not None else False,
+                "muted": self.muted,
+                "drops": drops,
+                "opus_complexity": info.complexity,
+            }
+        cfg = self.config
+        return {
+            "version": __version__,
+            "uptime_s": round(now - self.started_at, 1),
+            "fingerprint": self.identity.fingerprint_text,
+            "state": self.state_name(),
+            "status_led": self.status_led(now),
+            "mode": cfg.mode,
+            "ptt": "down" if self.ptt_down else "up",
+            "volume_db": self.volume_db,
+            "call": call,
+            "dialing": self.dialing,
+            "last_call": self.last_call,
+            "last_error": self.last_error,
+            "calls": self.calls_total,
+            "audio": {
+                "capture_device": cfg.audio_capture,
+                "playback_device": cfg.audio_playback,
+                **self.audio.status_dict(),
+            },
+            "gpio": {
+                **self.board.snapshot(),
+                "factory": self.gpio_description or self.board.factory_description,
+            },
+            "resources": self.monitor.status_dict() if self.monitor is not None else None,
+            "network": {
+                "listen_port": self.port,
+                "listen_hosts": list(cfg.listen_hosts),
+                "accept": cfg.accept,
+                "default_contact": cfg.default_contact,
+            },
+            "control": None
+            if self._control is None
+            else {
+                "socket": str(cfg.control_socket),
+                "requests": self._control.requests,
+                "bad_requests": self._control.bad_requests,
+            },
+            "config_sources": [str(p) for p in cfg.sources],
+            "events": list(self.events)[-10:],
+        }
+
+    # -- control socket --------------------------------------------------------------------
+
+    def _register_control(self) -> None:
+        assert self._control is not None
+        c = self._control
+
+        async def status(req: dict[str, Any]) -> Any:
+            return self.status()
+
+        async def call(req: dict[str, Any]) -> Any:
+            target = req.get("target")
+            if target is not None and not isinstance(target, str):
+                raise ControlError("target must be a contact name or a fingerprint")
+            return {"calling": self.place_call(target)}
+
+        async def answer(req: dict[str, Any]) -> Any:
+            self.answer()
+            return {"answered": True}
+
+        async def hangup(req: dict[str, Any]) -> Any:
+            return {"done": self.hangup()}
+
+        async def ptt(req: dict[str, Any]) -> Any:
+            action = req.get("action")
+            if action not in ("down", "up"):
+                raise ControlError('ptt takes "down" or "up"')
+            self.set_ptt(action == "down")
+            return {"ptt": action, "muted": self.muted}
+
+        async def identity(req: dict[str, Any]) -> Any:
+            return {"fingerprint": self.identity.fingerprint_text}
+
+        async def contacts_list(req: dict[str, Any]) -> Any:
+            user = self.user_contacts()
+            return [
+                {
+                    "name": ct.name,
+                    "fingerprint": fingerprint_text(ct.fingerprint),
+                    "address": ct.address,
+                    "source": "user" if ct.name in user and ct.name not in cfg_names else "config",
+                }
+                for ct in sorted(self.all_contacts().values(), key=lambda x: x.name)
+            ]
+
+        cfg_names = set(self.config.contacts)
+
+        async def contacts_add(req: dict[str, Any]) -> Any:
+            if self.contacts is None:
+                raise ControlError("this handset has no contacts file")
+            name, fp, addr = req.get("name"), req.get("fingerprint"), req.get("address")
+            if not all(isinstance(x, str) for x in (name, fp, addr)):
+                raise ControlError("contacts add needs name, fingerprint and address")
+            assert isinstance(name, str) and isinstance(fp, str) and isinstance(addr, str)
+            if name in cfg_names:
+                raise ControlError(f"{name!r} is defined in the config file; edit it there")
+            try:
+                ct = self.contacts.add(name, fp, addr, reserved=cfg_names)
+            except ValueError as exc:
+                raise ControlError(str(exc)) from None
+            return {
+                "name": ct.name,
+                "fingerprint": fingerprint_text(ct.fingerprint),
+                "address": ct.address,
+            }
+
+        async def contacts_remove(req: dict[str, Any]) -> Any:
+            if self.contacts is None:
+                raise ControlError("this handset has no contacts file")
+            name = req.get("name")
+            if not isinstance(name, str):
+                raise ControlError("contacts remove needs a name")
+            if name in cfg_names:
+                raise ControlError(f"{name!r} is defined in the config file; edit it there")
+            if not self.contacts.remove(name):
+                raise ControlError(f"no user contact named {name!r}")
+            return {"removed": name}
+
+        async def test_leds(req: dict[str, Any]) -> Any:
+            seconds = self.board.test_leds(self.now())
+            self._led_test_until = self.now() + seconds
+            self._led_state = {}
+            return {"seconds": seconds, "leds": sorted(self.board.snapshot().get("leds", {}))}
+
+        async def test_audio(req: dict[str, Any]) -> Any:
+            return self.audio.status_dict()
+
+        async def test_buttons(req: dict[str, Any]):  # type: ignore[no-untyped-def]
+            seconds = req.get("seconds", 10)
+            if not isinstance(seconds, int | float) or not 0 < seconds <= 600:
+                raise ControlError("seconds must be between 0 and 600")
+            q: asyncio.Queue[ButtonEvent] = asyncio.Queue()
+            self._button_watchers.append(q)
+            end = self.now() + float(seconds)
+            try:
+                while (left := end - self.now()) > 0:
+                    try:
+                        ev = await asyncio.wait_for(q.get(), left)
+                    except TimeoutError:
+                        break
+                    yield {"role": ev.role, "kind": ev.kind, "t": round(ev.at - self.started_at, 3)}
+            finally:
+                self._button_watchers.remove(q)
+
+        for name, fn in {
+            "status": status,
+            "call": call,
+            "answer": answer,
+            "hangup": hangup,
+            "ptt": ptt,
+            "identity": identity,
+            "contacts_list": contacts_list,
+            "contacts_add": contacts_add,
+            "contacts_remove": contacts_remove,
+            "test_leds": test_leds,
+            "test_audio": test_audio,
+        }.items():
+            c.handle(name, fn)
+        c.handle_stream("test_buttons", test_buttons)
+
+
+def _residual_pct(info: CallInfo, whole_call: bool = False) -> float | None:
+    """Share of the frames due that had to be concealed (lost even after FEC), in %."""
+    if not info.residual:
+        return None
+    _, d1, c1 = info.residual[-1]
+    d0 = c0 = 0
+    if not whole_call:
+        if len(info.residual) < 2:
+            return None
+        _, d0, c0 = info.residual[0]
+    return round(100 * (c1 - c0) / (d1 - d0), 2) if d1 > d0 else None
+
+
+def _fp_text(identity_pub: bytes | None) -> str | None:
+    """The fingerprint text of a peer's Ed25519 identity key."""
+    return fingerprint_text(fingerprint(identity_pub)) if identity_pub is not None else None

@@ -1,0 +1,135 @@
+"""``wzp status`` for a person: one section a line, ✓ or ✗ first (``pihole -d`` style).
+
+The input is the daemon's status dictionary (``wzp status --json`` prints it as is).
+Nothing secret is in it to begin with; this only chooses words.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+OK, BAD, INFO = "✓", "✗", " "
+
+
+def _dur(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def _db(x: Any) -> str:
+    if not isinstance(x, int | float) or math.isinf(x) or x <= -96:
+        return "silent"
+    return f"{x:.0f} dBFS"
+
+
+def _line(mark: str, name: str, text: str) -> str:
+    return f" {mark} {name:<10} {text}"
+
+
+def format_status(st: dict[str, Any]) -> str:
+    up = _dur(st.get("uptime_s", 0))
+    out = [f"wzp {st.get('version', '?')}: handset {st.get('fingerprint', '?')}, up {up}"]
+    state = st.get("state", "?")
+    out.append(
+        _line(
+            OK,
+            "daemon",
+            f"running, {state}, {st.get('mode', '?')}, LED {st.get('status_led', '?')}",
+        )
+    )
+
+    call = st.get("call")
+    if call:
+        loss = call.get("loss_pct")
+        res = call.get("residual_loss_pct")
+        rtt = call.get("rtt_ms")
+        out.append(
+            _line(
+                OK,
+                "call",
+                f"{call.get('state')} with {call.get('peer')} ({call.get('direction')}, "
+                f"{_dur(call.get('duration_s', 0))}), tier {call.get('tier') or '-'}",
+            )
+        )
+        out.append(
+            _line(
+                INFO,
+                "",
+                f"loss {'-' if loss is None else f'{loss:.1f} %'} before FEC, "
+                f"{'-' if res is None else f'{res:.1f} %'} after; "
+                f"RTT {'-' if rtt is None else f'{rtt:.0f} ms'}; "
+                f"jitter {call.get('jitter_ms', 0):.0f} ms; "
+                f"tx {call.get('tx_kbps', 0):.1f} / rx {call.get('rx_kbps', 0):.1f} kbit/s; "
+                f"rekeys {call.get('rekeys', 0)}; "
+                f"{'talking' if call.get('talking') else 'listening'}"
+                + ("; muted" if call.get("muted") else ""),
+            )
+        )
+    elif st.get("dialing"):
+        out.append(_line(OK, "call", f"dialling {st['dialing']}"))
+    else:
+        out.append(_line(OK, "call", "no call"))
+
+    audio = st.get("audio") or {}
+    a_state = audio.get("state", "?")
+    mark = OK if a_state == "ok" else BAD
+    text = (
+        f"capture {audio.get('capture_device')} ({_db(audio.get('capture_dbfs'))}), "
+        f"playback {audio.get('playback_device')} ({_db(audio.get('playback_dbfs'))}), "
+        f"volume {st.get('volume_db', 0):+.0f} dB"
+    )
+    if a_state != "ok":
+        text = f"{a_state}: {audio.get('error') or 'no detail'}; " + text
+    out.append(_line(mark, "audio", text))
+
+    gpio = st.get("gpio") or {}
+    out.append(_line(OK, "gpio", f"{gpio.get('factory') or '-'}, board {gpio.get('board', '-')}"))
+
+    res = st.get("resources")
+    if res:
+        temp = res.get("temp_c")
+        flags = res.get("throttled_flags") or []
+        reasons = res.get("reasons") or []
+        capped = bool(res.get("level"))
+        mark = OK if not capped else BAD
+        text = (
+            f"CPU {res.get('cpu_pct') or 0:.0f} %, "
+            f"SoC {'-' if temp is None else f'{temp:.1f} °C'}, "
+            f"{'throttling: ' + ', '.join(flags) if flags else 'not throttled'}, "
+            f"Opus complexity {res.get('complexity')}"
+        )
+        if capped:
+            text += f"; quality capped (level {res.get('level')}): {'; '.join(reasons)}"
+        elif reasons:
+            text += f"; watching: {'; '.join(reasons)}"
+        out.append(_line(mark, "resources", text))
+
+    net = st.get("network") or {}
+    out.append(
+        _line(
+            OK,
+            "network",
+            f"listening on {', '.join(net.get('listen_hosts') or [])} "
+            f"port {net.get('listen_port')}, "
+            f"accepting {net.get('accept')}, default contact {net.get('default_contact') or '-'}",
+        )
+    )
+    last = st.get("last_call")
+    if last:
+        out.append(
+            _line(
+                INFO,
+                "last call",
+                f"{last.get('peer')} ({last.get('direction')}), ended {last.get('ended')} after "
+                f"{_dur(last.get('duration_s', 0))}"
+                + (f": {last['detail']}" if last.get("detail") else ""),
+            )
+        )
+    if st.get("last_error"):
+        out.append(_line(BAD, "last error", str(st["last_error"])))
+    return "\n".join(out)
