@@ -153,7 +153,11 @@ class ButtonLogic:
         held = until - self._stable_since
         if not self._long_sent and held >= self.long_press_s - _EPS:
             self._long_sent = True
-            out.append(ButtonEvent(self.role, "long", self._stable_since + self.long_press_s))
+            # (never later than ``until``: the tolerance must not reorder events)
+            at = min(self._stable_since + self.long_press_s, until)
+            out.append(ButtonEvent(self.role, "long", at))
         if held >= self.stuck_s - _EPS:
             self._stuck = True
-            out.append(ButtonEvent(self.role, "stuck", self._stable_since + self.stuck_s))
+            out.append(
+                ButtonEvent(self.role, "stuck", min(self._stable_since + self.stuck_s, until))
+            )
