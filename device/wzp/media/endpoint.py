@@ -42,6 +42,8 @@ RECOMMEND_WINDOW_S = 5.0
 RECOMMEND_CROSS_CODEC_RESIDUAL = 0.10
 #: no frame captured for this long counts as a pause even without stop_sending
 PAUSE_S = 0.5
+#: keep-alives sent at once when push-to-talk is released
+PAUSE_KEEPALIVES = 3
 
 
 @dataclass
@@ -111,9 +113,14 @@ class MediaEndpoint:
         return self.sender.push_frame(pcm48)
 
     def stop_sending(self) -> list[bytes]:
-        """Push-to-talk released: close the open block so its repairs go out now."""
+        """Push-to-talk released: close the open block so its repairs go out now, then
+        keep-alives that tell the receiver where the spurt ended (so it plays no
+        concealment after it), several copies against loss."""
+        if self._released:
+            return []
         self._released = True
-        return self.sender.close_block()
+        out = self.sender.close_block()
+        return out + [self.sender.keepalive() for _ in range(PAUSE_KEEPALIVES)]
 
     def sending(self, now: float) -> bool:
         """Whether media packets are flowing (reports can ride on them)."""
