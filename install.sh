@@ -1,16 +1,39 @@
 #!/usr/bin/env bash
 # wzp installer.
-#   ./install.sh --dev    in a checkout: system packages (when root), .venv, wzp + test tools
-# The Raspberry Pi install (system user, /opt/wzp, systemd unit) comes with the handset daemon.
+#   ./install.sh --dev                 in a checkout: system packages (when root), .venv,
+#                                      wzp + test tools (what CI runs)
+#   sudo ./install.sh                  on a Raspberry Pi (Raspberry Pi OS / Debian): user wzp,
+#                                      /opt/wzp/venv, /etc/wzp, identity, systemd unit
+#   ./install.sh --root DIR            the same, staged under DIR: files are written there with
+#                                      their modes; commands that change the live system are
+#                                      printed as "would run: ..." instead (details below)
+#   sudo ./install.sh --uninstall [--purge] [--root DIR]
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# the Pi install builds its venv from the system Python (apt's python3-lgpio is for it)
+PI_PYTHON=${PYTHON:-/usr/bin/python3}
 PYTHON=${PYTHON:-python3}
 
 # Debian / Raspberry Pi OS packages the project needs at run time and for its tests:
 #   libopus0 (opuslib loads it), libasound2-dev + gcc + python3-dev (pyalsaaudio builds
 #   from source on a Pi), codec2-examples (real speech for the quality benchmark).
-DEV_APT=(libopus0 libasound2-dev gcc codec2-examples)
+DEV_APT=(libopus0 libasound2-dev gcc codec2-examples python3-dev)
+
+# On the handset: the build needs above plus python3-venv (Debian's python3 lacks ensurepip),
+# python3-lgpio (Raspberry Pi OS archive only: the venv sees it through
+# --system-site-packages), alsa-utils (aplay/arecord/amixer for checking a card by hand).
+PI_APT=(libopus0 python3-venv python3-dev gcc libasound2-dev python3-lgpio alsa-utils)
+
+UNIT=wzp-phone.service
+OPT=/opt/wzp
+VENV=$OPT/venv
+ETC=/etc/wzp
+STATE=/var/lib/wzp
+SEED=$STATE/identity.seed
+RUNDIR=/run/wzp
+UNIT_DIR=/etc/systemd/system
+BIN_LINK=/usr/local/bin/wzp
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -18,8 +41,19 @@ die() { say "error: $*"; exit 1; }
 usage() {
     cat >&2 <<USAGE
 usage: ./install.sh --dev
-  --dev   make .venv in this checkout with wzp (editable) and the test tools;
-          installs missing Debian packages first when run as root
+       sudo ./install.sh [--root DIR]
+       sudo ./install.sh --uninstall [--purge] [--root DIR]
+  --dev        make .venv in this checkout with wzp (editable) and the test tools;
+               installs missing Debian packages first when run as root
+  (no option)  install the handset on this Raspberry Pi: Debian packages, system user wzp
+               (groups audio, gpio), $VENV, $ETC/wzp.toml (only if absent),
+               the identity (only if absent), $UNIT enabled and (re)started.
+               Running it again changes only what differs.
+  --root DIR   stage into DIR instead of /: files are written under DIR, commands that
+               would change the live system are printed as "would run: ..." lines
+  --uninstall  stop and remove the service, $VENV, $ETC/boot.toml and the user wzp;
+               keeps $SEED and $ETC/wzp.toml
+  --purge      with --uninstall: remove $STATE and $ETC too (the identity is lost)
 USAGE
 }
 
@@ -35,7 +69,7 @@ install_debs() {
     local missing
     missing=$(missing_debs "$@")
     [ -z "$missing" ] && return 0
-    # shellcheck disable=SC2086
+    # shellcheck disable=SC2086,SC2116
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing Debian packages: $(echo $missing)"
         export DEBIAN_FRONTEND=noninteractive
@@ -70,15 +104,566 @@ dev() {
     want=$(cat "$here/pyproject.toml" "$here/install.sh" | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'import wzp' 2>/dev/null; then
         say "installing wzp and its test tools into $venv"
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$here[dev]"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "${here}[dev]"
         echo "$want" >"$stamp"
     fi
     say "ready: $venv/bin/wzp, $venv/bin/pytest"
 }
 
-case "${1:-}" in
-    --dev) dev ;;
-    -h | --help) usage ;;
-    "") usage; exit 2 ;;
-    *) say "unknown option: $1"; usage; exit 2 ;;
-esac
+
+# ------------------------------------------------------------------ Raspberry Pi mode
+#
+# Every path below is a path on the target system; R PATH is where it lives now ($ROOT is
+# empty for a live install, the staging directory for --root). Staged runs never execute
+# what changes the live system (apt-get, groupadd, useradd, usermod, userdel, python -m
+# venv, pip, chown, runuser, systemctl): `run` prints those as "would run: ..." lines on
+# stdout, in order. Ownership is never applied to staged files, even by root: the staging
+# root has no user wzp, and the uid wzp gets on the target is unknown. The staged files
+# belong to whoever ran install.sh; the chown lines say what they must belong to.
+
+ROOT=""
+STAGED=0
+
+R() { printf '%s%s' "$ROOT" "$1"; }
+
+note() { printf '%s\n' "$*"; }
+
+# a command line as one would type it: plain words bare, anything else in single quotes
+show_cmd() {
+    local a out=""
+    for a in "$@"; do
+        if [[ "$a" =~ ^[A-Za-z0-9_./:=,@+%-]+$ ]]; then
+            out+=" $a"
+        else
+            out+=" '${a//\'/\'\\\'\'}'"
+        fi
+    done
+    printf '%s\n' "${out# }"
+}
+
+run() {
+    if [ "$STAGED" -eq 1 ]; then
+        printf 'would run: %s\n' "$(show_cmd "$@")"
+    else
+        printf 'run: %s\n' "$(show_cmd "$@")"
+        "$@"
+    fi
+}
+
+mode_of() { stat -c %a "$1"; }
+same_mode() { [ "$((8#$(mode_of "$1")))" -eq "$((8#$2))" ]; }
+
+# ensure_dir PATH MODE: create PATH with MODE, or fix its mode
+ensure_dir() {
+    local dest=$1 mode=$2 path
+    path=$(R "$dest")
+    if [ ! -d "$path" ]; then
+        mkdir -p "$path"
+        chmod "$mode" "$path"
+        note "$dest: created ($mode)"
+    elif ! same_mode "$path" "$mode"; then
+        chmod "$mode" "$path"
+        note "$dest: mode set to $mode"
+    else
+        note "$dest: unchanged"
+    fi
+}
+
+# ensure_owner PATH USER:GROUP [-R]: chown when something differs. -R takes in the files
+# below too: after an uninstall and a reinstall the user wzp may have a new uid, and the
+# kept identity must be readable before systemd's own StateDirectory= chown at start.
+ensure_owner() {
+    local dest=$1 owner=$2 recurse=${3:-} user group
+    user=${owner%:*}
+    group=${owner#*:}
+    if [ "$STAGED" -eq 1 ]; then
+        run chown ${recurse:+"$recurse"} "$owner" "$dest"
+    elif [ -n "$recurse" ]; then
+        if [ -n "$(find "$dest" \( ! -user "$user" -o ! -group "$group" \) -print -quit)" ]; then
+            run chown -R "$owner" "$dest"
+        fi
+    elif [ "$(stat -c %U:%G "$dest")" != "$owner" ]; then
+        run chown "$owner" "$dest"
+    fi
+}
+
+# install_file SRC PATH MODE: PATH gets SRC's bytes and MODE, replaced atomically, only
+# when they differ. Sets CHANGED=1 when it wrote anything.
+CHANGED=0
+install_file() {
+    local src=$1 dest=$2 mode=$3 path tmp
+    path=$(R "$dest")
+    CHANGED=0
+    if [ -f "$path" ] && [ ! -L "$path" ] && cmp -s "$src" "$path"; then
+        if same_mode "$path" "$mode"; then
+            note "$dest: unchanged"
+        else
+            chmod "$mode" "$path"
+            note "$dest: mode set to $mode"
+            CHANGED=1
+        fi
+        return 0
+    fi
+    mkdir -p "$(dirname "$path")"
+    tmp=$(mktemp "$path.XXXXXX")
+    cat "$src" >"$tmp"
+    chmod "$mode" "$tmp"
+    if [ -e "$path" ]; then
+        mv -f "$tmp" "$path"
+        note "$dest: updated"
+    else
+        mv -f "$tmp" "$path"
+        note "$dest: installed"
+    fi
+    CHANGED=1
+}
+
+# the user and group database: the live one, or the staging root's files
+has_group() {
+    if [ "$STAGED" -eq 1 ]; then
+        grep -q "^$1:" "$(R /etc/group)" 2>/dev/null
+    else
+        getent group "$1" >/dev/null
+    fi
+}
+has_user() {
+    if [ "$STAGED" -eq 1 ]; then
+        grep -q "^$1:" "$(R /etc/passwd)" 2>/dev/null
+    else
+        getent passwd "$1" >/dev/null
+    fi
+}
+in_group() { # USER GROUP
+    if [ "$STAGED" -eq 1 ]; then
+        awk -F: -v g="$2" '$1 == g { print $4 }' "$(R /etc/group)" 2>/dev/null |
+            tr ',' '\n' | grep -qx "$1"
+    else
+        id -nG "$1" 2>/dev/null | tr ' ' '\n' | grep -qx "$2"
+    fi
+}
+
+systemd_running() { [ "$STAGED" -eq 1 ] || [ -d /run/systemd/system ]; }
+
+# os_field FILE KEY: a value of os-release (read, never sourced: it may come from --root)
+os_field() { sed -n "s/^$2=//p" "$1" | head -n1 | tr -d "\"'"; }
+
+check_os() {
+    local release id like pretty
+    release=$(R /etc/os-release)
+    if [ ! -r "$release" ]; then
+        [ "$STAGED" -eq 1 ] || die "cannot read /etc/os-release: Debian or Raspberry Pi OS expected"
+        note "os: not checked ($release is absent)"
+    else
+        id=$(os_field "$release" ID)
+        like=$(os_field "$release" ID_LIKE)
+        pretty=$(os_field "$release" PRETTY_NAME)
+        pretty=${pretty:-${id:-unknown}}
+        case " $id $like " in
+            *" debian "* | *" raspbian "*) note "os: $pretty" ;;
+            *)
+                if [ "$STAGED" -eq 0 ]; then
+                    die "$pretty: the handset install supports Debian and Raspberry Pi OS"
+                fi
+                note "os: $pretty (not Debian; staged anyway)"
+                ;;
+        esac
+    fi
+    PYTHON=$PI_PYTHON check_python
+    note "python: $("$PI_PYTHON" -V 2>&1)"
+    if [ "$STAGED" -eq 0 ]; then
+        case "$(uname -m)" in
+            armv6l | armv7l)
+                say "warning: 32-bit system: PyPI has no wheels for most of wzp's dependencies here;"
+                say "         pip will build them from source (slow). 64-bit Raspberry Pi OS Lite is the target."
+                ;;
+        esac
+    fi
+}
+
+apt_available() { # PACKAGE: the archive has a candidate for it
+    local cand
+    cand=$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }')
+    [ -n "$cand" ] && [ "$cand" != "(none)" ]
+}
+
+no_lgpio_warning() {
+    say "warning: python3-lgpio is not in this system's archive (plain Debian?): GPIO"
+    say "         buttons and LEDs need it (Raspberry Pi OS ships it; elsewhere try"
+    say "         $VENV/bin/pip install lgpio, or pin_factory = \"mock\" in $ETC/wzp.toml)"
+}
+
+pi_apt() {
+    local missing p install=()
+    if [ "$STAGED" -eq 1 ]; then
+        run apt-get update
+        run apt-get install -y --no-install-recommends "${PI_APT[@]}"
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian or Raspberry Pi OS expected"
+    missing=$(missing_debs "${PI_APT[@]}")
+    # plain Debian: python3-lgpio is missing for good; no apt-get update on every run for it
+    if [ "$missing" = python3-lgpio ] && compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null &&
+        ! apt_available python3-lgpio; then
+        no_lgpio_warning
+        missing=""
+    fi
+    if [ -z "$missing" ]; then
+        note "debian packages: unchanged"
+        return 0
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    # first: a fresh image's package lists may be empty
+    run apt-get update -qq
+    for p in $missing; do
+        if [ "$p" = python3-lgpio ] && ! apt_available "$p"; then
+            no_lgpio_warning
+            continue
+        fi
+        install+=("$p")
+    done
+    if [ "${#install[@]}" -gt 0 ]; then
+        run apt-get install -y -qq --no-install-recommends "${install[@]}"
+    fi
+}
+
+pi_users() {
+    local g
+    for g in audio gpio; do
+        if has_group "$g"; then
+            note "group $g: unchanged"
+        else
+            # Raspberry Pi OS's udev rules give /dev/gpiochip* to group gpio; plain Debian
+            # has neither the group nor the rule
+            note "group $g: adding"
+            run groupadd --system "$g"
+        fi
+    done
+    if ! has_user wzp; then
+        note "user wzp: adding (system user, no login, home $STATE, groups audio gpio)"
+        run useradd --system --user-group --home-dir "$STATE" --no-create-home \
+            --shell /usr/sbin/nologin --comment "wzp handset daemon" --groups audio,gpio wzp
+        return 0
+    fi
+    local changed=0
+    for g in audio gpio; do
+        if ! in_group wzp "$g"; then
+            note "user wzp: joining group $g"
+            run usermod -a -G "$g" wzp
+            changed=1
+        fi
+    done
+    [ "$changed" -eq 1 ] || note "user wzp: unchanged"
+}
+
+# The files pip builds the package from (the same list is hashed for the stamp).
+source_files() {
+    local f
+    (
+        cd "$here"
+        for f in pyproject.toml README.md LICENSE LICENSE.txt setup.cfg setup.py MANIFEST.in; do
+            [ -f "$f" ] && printf '%s\0' "$f"
+        done
+        find device -type d \( -name __pycache__ -o -name '*.egg-info' \) -prune -o \
+            -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z
+    )
+}
+
+PKG_CHANGED=0
+pi_venv() {
+    local vpath stamp want build
+    vpath=$(R "$VENV")
+    if [ -x "$vpath/bin/python" ] && "$vpath/bin/python" -c 'import sys' 2>/dev/null &&
+        grep -qi '^include-system-site-packages *= *true' "$vpath/pyvenv.cfg" 2>/dev/null; then
+        note "$VENV: unchanged"
+    else
+        if [ -e "$vpath" ] && [ "$STAGED" -eq 0 ]; then
+            note "$VENV: unusable (Python upgraded?), making it again"
+            rm -rf "$vpath"
+        else
+            note "$VENV: creating (with the system site-packages, for python3-lgpio)"
+        fi
+        run "$PI_PYTHON" -m venv --system-site-packages "$VENV"
+    fi
+
+    # pip only when the checkout's sources differ from what was installed last
+    if [ "$STAGED" -eq 0 ]; then
+        stamp="$vpath/.wzp-install-stamp"
+        want=$(source_files | (cd "$here" && xargs -0 sha256sum) | sha256sum | cut -d' ' -f1)
+        if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] &&
+            "$vpath/bin/wzp" --version >/dev/null 2>&1; then
+            note "wzp package: unchanged"
+            return 0
+        fi
+    fi
+    note "wzp package: installing this checkout into $VENV"
+    PKG_CHANGED=1
+    if [ "$STAGED" -eq 1 ]; then
+        run "$VENV/bin/python" -m pip install --disable-pip-version-check "$here"
+        return 0
+    fi
+    # build from a copy: a build in the checkout would leave root-owned build/ and
+    # egg-info folders behind in the user's tree
+    build=$(mktemp -d)
+    source_files | (cd "$here" && tar --null -T - -cf -) | tar -C "$build" -xf -
+    run "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$build" ||
+        { rm -rf "$build"; die "pip could not install wzp into $VENV (see above)"; }
+    rm -rf "$build"
+    echo "$want" >"$stamp"
+    if ! "$VENV/bin/python" -c 'import lgpio' 2>/dev/null; then
+        say "warning: lgpio does not import in $VENV: buttons and LEDs will not work"
+    fi
+}
+
+pi_link() {
+    local path target
+    path=$(R "$BIN_LINK")
+    target="$VENV/bin/wzp"
+    if [ -L "$path" ] && [ "$(readlink "$path")" = "$target" ]; then
+        note "$BIN_LINK: unchanged"
+    elif [ -e "$path" ] || [ -L "$path" ]; then
+        say "warning: $BIN_LINK exists and is not wzp's link: left alone (use $target)"
+    else
+        mkdir -p "$(dirname "$path")"
+        ln -s "$target" "$path"
+        note "$BIN_LINK: installed (-> $target)"
+    fi
+}
+
+pi_config() {
+    local dest="$ETC/wzp.toml" tmp
+    tmp=$(mktemp)
+    # the installed package's own template; the checkout's copy when staging (there is no
+    # venv to run) or should the command fail
+    if [ "$STAGED" -eq 1 ] || ! "$VENV/bin/wzp" config template >"$tmp" 2>/dev/null ||
+        [ ! -s "$tmp" ]; then
+        if [ -f "$here/device/wzp/daemon/wzp.toml.template" ]; then
+            cat "$here/device/wzp/daemon/wzp.toml.template" >"$tmp"
+        else
+            : >"$tmp"
+        fi
+    fi
+    if [ -e "$(R "$dest")" ]; then
+        if [ -s "$tmp" ] && cmp -s "$tmp" "$(R "$dest")"; then
+            note "$dest: unchanged"
+        else
+            note "$dest: kept (yours; never overwritten: wzp config template shows the template)"
+        fi
+        ensure_owner "$dest" root:wzp
+    elif [ -s "$tmp" ]; then
+        install_file "$tmp" "$dest" 0640
+        ensure_owner "$dest" root:wzp
+    else
+        say "warning: no config template found: $dest not written (the daemon runs on defaults)"
+    fi
+    rm -f "$tmp"
+}
+
+FINGERPRINT=""
+pi_identity() {
+    if [ -e "$(R "$SEED")" ]; then
+        note "$SEED: kept (exists; never regenerated)"
+    else
+        note "$SEED: creating this device's identity"
+    fi
+    # as wzp, so the seed belongs to the daemon's user (mode 0600); from / so nothing
+    # is written into the caller's directory
+    if [ "$STAGED" -eq 1 ]; then
+        run runuser -u wzp -- "$VENV/bin/wzp" identity --path "$SEED"
+        FINGERPRINT="(shown by: sudo -u wzp $VENV/bin/wzp identity --path $SEED)"
+        return 0
+    fi
+    printf 'run: runuser -u wzp -- %s identity --path %s\n' "$VENV/bin/wzp" "$SEED"
+    FINGERPRINT=$(cd / && runuser -u wzp -- "$VENV/bin/wzp" identity --path "$SEED") ||
+        die "could not read or create the identity $SEED (see above)"
+}
+
+UNIT_CHANGED=0
+pi_unit() {
+    local tmp
+    [ -f "$here/systemd/$UNIT" ] || die "$here/systemd/$UNIT is missing from this checkout"
+    tmp=$(mktemp)
+    # the unit names /opt/wzp/venv; follow $VENV should it ever move
+    sed "s#/opt/wzp/venv/#$VENV/#g" "$here/systemd/$UNIT" >"$tmp"
+    install_file "$tmp" "$UNIT_DIR/$UNIT" 0644
+    UNIT_CHANGED=$CHANGED
+    rm -f "$tmp"
+}
+
+CONFIG_OK=1
+pi_check_config() {
+    if [ "$STAGED" -eq 1 ]; then
+        run runuser -u wzp -- "$VENV/bin/wzp" config check
+        return 0
+    fi
+    printf 'run: runuser -u wzp -- %s config check\n' "$VENV/bin/wzp"
+    if ! (cd / && runuser -u wzp -- "$VENV/bin/wzp" config check); then
+        CONFIG_OK=0
+        say "warning: $ETC/wzp.toml is refused (above): the service is not restarted on it"
+    fi
+}
+
+pi_service() {
+    if ! systemd_running; then
+        say "warning: systemd is not running here: on the device run"
+        say "         systemctl enable --now $UNIT"
+        return 0
+    fi
+    if [ "$UNIT_CHANGED" -eq 1 ]; then
+        run systemctl daemon-reload
+    fi
+    run systemctl enable --quiet "$UNIT"
+    if [ "$CONFIG_OK" -eq 0 ]; then
+        note "service: left as it was (fix $ETC/wzp.toml, then: sudo systemctl restart ${UNIT%.service})"
+    elif [ "$STAGED" -eq 1 ] || [ "$UNIT_CHANGED" -eq 1 ] || [ "$PKG_CHANGED" -eq 1 ] ||
+        ! systemctl is-active --quiet "$UNIT"; then
+        run systemctl restart "$UNIT"
+        [ "$STAGED" -eq 1 ] || note "service: (re)started"
+    else
+        note "service: running, unchanged"
+    fi
+}
+
+boot_dir() {
+    if [ -d "$(R /boot/firmware)" ]; then
+        echo /boot/firmware
+    elif [ -d "$(R /boot)" ]; then
+        echo /boot
+    fi
+}
+
+pi_summary() {
+    local boot who=${SUDO_USER:-YOUR_USER}
+    boot=$(boot_dir)
+    cat <<DONE
+
+wzp handset installed${ROOT:+ (staged under $ROOT)}.
+  identity:   $FINGERPRINT
+              (peers put this fingerprint in their contacts; the secret seed stays in $SEED)
+  config:     $ETC/wzp.toml: edit it (contacts, board, audio), then
+              sudo systemctl restart ${UNIT%.service}
+DONE
+    if [ -n "$boot" ]; then
+        note "  boot file:  $boot/wzp.toml, if present, is checked and applied at the next start"
+        note "              (renamed wzp.toml.applied, or wzp.toml.error with the reasons)"
+    else
+        note "  boot file:  no /boot/firmware or /boot here: edit $ETC/wzp.toml instead"
+    fi
+    cat <<DONE
+  status:     wzp status        journalctl -u ${UNIT%.service} -f
+  wzp without sudo: sudo usermod -aG wzp $who (then log in again)
+DONE
+}
+
+pi_install() {
+    if [ "$STAGED" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
+        die "the handset install needs root: sudo ./install.sh (or --root DIR to stage, --dev for a checkout)"
+    fi
+    check_os
+    pi_apt
+    pi_users
+    ensure_dir "$OPT" 0755
+    ensure_dir "$ETC" 0755
+    ensure_dir "$STATE" 0700
+    ensure_owner "$STATE" wzp:wzp -R
+    pi_venv
+    pi_link
+    pi_config
+    pi_identity
+    pi_unit
+    pi_check_config
+    pi_service
+    pi_summary
+}
+
+remove_path() { # PATH [what]: rm -rf under the root, saying what happened
+    local dest=$1 path
+    path=$(R "$dest")
+    if [ -e "$path" ] || [ -L "$path" ]; then
+        rm -rf "$path"
+        note "$dest: removed${2:+ ($2)}"
+    else
+        note "$dest: absent"
+    fi
+}
+
+pi_uninstall() {
+    local purge=$1 link
+    if [ "$STAGED" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
+        die "uninstalling needs root: sudo ./install.sh --uninstall"
+    fi
+    if systemd_running; then
+        # the unit may be unknown already (half-removed install): not an error
+        run systemctl disable --now --quiet "$UNIT" || true
+    fi
+    remove_path "$UNIT_DIR/$UNIT"
+    if systemd_running; then
+        run systemctl daemon-reload
+    fi
+    link=$(R "$BIN_LINK")
+    if [ -L "$link" ] && [ "$(readlink "$link")" = "$VENV/bin/wzp" ]; then
+        remove_path "$BIN_LINK"
+    fi
+    remove_path "$OPT"
+    remove_path "$ETC/boot.toml"
+    remove_path "$RUNDIR"
+    if has_user wzp; then
+        run userdel wzp
+    fi
+    # userdel takes the user's own group along; one left behind goes explicitly
+    if has_group wzp; then
+        run groupdel wzp
+    fi
+    if [ "$purge" -eq 1 ]; then
+        remove_path "$STATE" "purge: identity and added contacts"
+        remove_path "$ETC" "purge: configuration"
+    else
+        note "kept: $SEED (this device's identity) and $ETC/wzp.toml;"
+        note "      ./install.sh --uninstall --purge removes them"
+    fi
+    note "group gpio: kept (other software may use it)"
+}
+
+# --root DIR: absolute, existing or created, never / itself
+set_root() {
+    [ -n "$1" ] || { say "--root needs a directory"; usage; exit 2; }
+    mkdir -p "$1"
+    ROOT=$(cd "$1" && pwd)
+    [ "$ROOT" != / ] || { say "--root /: run without --root to install on this system"; exit 2; }
+    STAGED=1
+}
+
+main() {
+    local action=install purge=0
+    if [ "${1:-}" = --dev ]; then
+        [ $# -eq 1 ] || { say "--dev takes no other option"; usage; exit 2; }
+        dev
+        return 0
+    fi
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            -h | --help) usage; return 0 ;;
+            --uninstall) action=uninstall ;;
+            --purge) purge=1 ;;
+            --root)
+                [ $# -ge 2 ] || { say "--root needs a directory"; usage; exit 2; }
+                set_root "$2"
+                shift
+                ;;
+            --root=*) set_root "${1#--root=}" ;;
+            *) say "unknown option: $1"; usage; exit 2 ;;
+        esac
+        shift
+    done
+    if [ "$purge" -eq 1 ] && [ "$action" != uninstall ]; then
+        say "--purge goes with --uninstall"
+        usage
+        exit 2
+    fi
+    if [ "$action" = uninstall ]; then
+        pi_uninstall "$purge"
+    else
+        pi_install
+    fi
+}
+
+main "$@"
