@@ -88,7 +88,7 @@ def format_status(st: dict[str, Any]) -> str:
     out.append(_line(mark, "audio", text))
 
     gpio = st.get("gpio") or {}
-    out.append(_line(OK, "gpio", f"{gpio.get('factory') or '-'}, board {gpio.get('board', '-')}"))
+    out.append(_line(OK, "gpio", f"{gpio.get('factory') or '-'}, board {gpio.get('profile', '-')}"))
 
     res = st.get("resources")
     if res:
