@@ -42,13 +42,32 @@ def _cmd_identity(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    except (SeedFileError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+    except PermissionError as exc:
+        # the daemon's seed is readable by the daemon only: ask it for the fingerprint
+        fp = _daemon_fingerprint()
+        if fp is not None:
+            print(fp)
+            return 0
+        print(f"wzp identity: {exc}", file=sys.stderr)
+        return 2
+    except (SeedFileError, IsADirectoryError, NotADirectoryError) as exc:
         print(f"wzp identity: {exc}", file=sys.stderr)
         return 2
     if created:
         print(f"wzp identity: created a new identity at {path} (mode 0600)", file=sys.stderr)
     print(ident.fingerprint_text)
     return 0
+
+
+def _daemon_fingerprint() -> str | None:
+    from .daemon.commands import DEFAULT_SOCKET
+    from .daemon.control import ControlError, NotRunning, request
+
+    path = Path(os.environ.get("WZP_CONTROL") or DEFAULT_SOCKET)
+    try:
+        return str(request(path, "identity", timeout=2.0)["fingerprint"])
+    except (NotRunning, ControlError, OSError, KeyError, TypeError):
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,17 +9,20 @@ from wzp.board.leds import patterns_markdown
 from wzp.board.profile import BCM_TO_HEADER, load_profile, loads_profile
 
 README = Path(__file__).resolve().parents[2] / "hw" / "README.md"
+TOP_README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def block(name: str) -> str:
-    text = README.read_text(encoding="utf-8")
+def block(name: str, readme: Path = README) -> str:
+    text = readme.read_text(encoding="utf-8")
     m = re.search(rf"<!-- {name}:start -->\n(.*?)<!-- {name}:end -->", text, re.S)
-    assert m, f"marker {name} missing in {README}"
+    assert m, f"marker {name} missing in {readme}"
     return m.group(1).strip()
 
 
 def test_led_table_is_the_generated_one() -> None:
     assert block("led-patterns") == patterns_markdown()
+    # the project README shows the same table
+    assert block("led-patterns", TOP_README) == patterns_markdown()
 
 
 def test_breadboard_table_matches_the_profile() -> None:

@@ -152,3 +152,29 @@ async def test_demo_runs_to_its_summary(tmp_path: Path) -> None:
     # 30 % loss: the words still get through (STOI 1.0 = all intelligible)
     assert result["stoi_A_to_B"] > 0.8 and result["stoi_B_to_A"] > 0.8, result
     assert (tmp_path / "b_heard_a.wav").exists() and (tmp_path / "summary.json").exists()
+
+
+def test_refused_boot_file_is_reported_until_a_newer_one_is_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wzp.daemon import commands, config
+
+    monkeypatch.setattr(config, "BOOT_DIRS", (tmp_path / "firmware", tmp_path))
+    assert commands._refused_boot_file() is None
+    err = tmp_path / "wzp.toml.error"
+    err.write_text("# wzp: line 2: call.mode: ...\n")
+    assert commands._refused_boot_file() == err
+    applied = tmp_path / "wzp.toml.applied"
+    applied.write_text("")
+    os.utime(err, (1, 1))  # the error is older than the file applied since
+    assert commands._refused_boot_file() is None
+
+
+def test_leds_off_even_with_a_refused_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "wzp.toml"
+    cfg.write_text('[board]\npin_factory = "mock"\n')
+    assert _wzp("leds", "off", "--config", str(cfg)).returncode == 0
+    cfg.write_text('[board]\npin_factory = "mock"\nbogus = 1\n')
+    # the defaults (lgpio) are tried instead; this machine has no GPIO chip: a clear error
+    res = _wzp("leds", "off", "--config", str(cfg))
+    assert res.returncode == 1 and "gpio" in res.stderr.lower(), res.stderr

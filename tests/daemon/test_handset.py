@@ -348,6 +348,8 @@ async def test_stuck_button_and_control_commands(tmp_path: Path, ids: dict[str, 
             )
         assert await asyncio.to_thread(request, sock, "contacts_remove", name="carol")
         assert await asyncio.to_thread(request, sock, "contacts_list") == []
+        ident = await asyncio.to_thread(request, sock, "identity")
+        assert ident == {"fingerprint": a.h.identity.fingerprint_text}
         # full-duplex: PTT toggles mute
         before = a.h.muted  # the stuck key's first press toggled it once
         await asyncio.to_thread(request, sock, "ptt", action="down")

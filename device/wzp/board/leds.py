@@ -105,10 +105,13 @@ STATUS_MEANINGS: dict[str, str] = {
     "off": "daemon stopped (or not started yet)",
     "idle": "ready: no call",
     "connecting": "calling out / connecting",
-    "ringing": "incoming call (ringing)",
+    "ringing": "a call rings here (press CALL to answer), or the handset you called rings",
     "in_call": "in a call",
     "rekeying": "in a call, renewing its keys",
-    "error": "needs attention (sound card gone, bad config...): see `wzp status`",
+    "error": (
+        "needs attention (sound card gone, call failed, stuck button, boot file refused): "
+        "see `wzp status`"
+    ),
 }
 
 _SOLID = (True, 1.0)

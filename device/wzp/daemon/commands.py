@@ -178,6 +178,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         gpio_description=gpio_desc,
     )
 
+    refused = _refused_boot_file()
+    if refused is not None:
+        handset.report_problem(f"the boot partition's wzp.toml was refused: read {refused}")
+
     async def main() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -197,6 +201,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(main())
+
+
+def _refused_boot_file() -> Path | None:
+    """A ``wzp.toml.error`` on the boot partition newer than any applied file."""
+    from .config import BOOT_DIRS
+
+    for d in BOOT_DIRS:
+        err, ok = d / "wzp.toml.error", d / "wzp.toml.applied"
+        try:
+            if err.exists() and (not ok.exists() or err.stat().st_mtime > ok.stat().st_mtime):
+                return err
+        except OSError:
+            continue
+    return None
 
 
 def _make_audio(cfg):  # type: ignore[no-untyped-def]
@@ -339,11 +357,19 @@ def cmd_leds_off(args: argparse.Namespace) -> int:
     from ..board.board import Board
     from ..board.factory import GpioError, make_factory
     from ..board.profile import BoardError, load_profile
+    from .config import Config, ConfigError, load_config
 
-    cfg = load_daemon_config(args)
+    path = Path(args.config)
+    try:
+        cfg = load_config(
+            path, path.parent / "boot.toml" if (path.parent / "boot.toml").exists() else None
+        )
+    except ConfigError:
+        cfg = Config.default()  # a refused config must not leave LEDs lit: try the defaults
     try:
         factory, _ = make_factory(cfg.pin_factory, cfg.gpio_chip)
         Board(load_profile(cfg.board_profile), factory).close()
+        factory.close()
     except (GpioError, BoardError) as exc:
         print(f"wzp leds off: {exc}", file=sys.stderr)
         return 1

@@ -294,10 +294,15 @@ class Handset:
         )
         log.info("%s: %s", kind, detail)
 
-    def _fail(self, detail: str) -> None:
+    def _fail(self, detail: str, show_s: float = ERROR_SHOW_S) -> None:
         self.last_error = detail
-        self._error_until = self.now() + ERROR_SHOW_S
+        self._error_until = max(self._error_until, self.now() + show_s)
         self._note("error", detail)
+
+    def report_problem(self, detail: str, show_s: float = 60.0) -> None:
+        """Something found at start that needs attention (a refused boot-partition file):
+        in ``wzp status`` and on the error pattern for ``show_s``."""
+        self._fail(detail, show_s)
 
     def place_call(self, target: str | None = None) -> str:
         """Call a contact (default: the configured default contact)."""
