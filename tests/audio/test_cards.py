@@ -158,3 +158,18 @@ def test_busy_holder_with_unreadable_comm(tmp_path: Path) -> None:
     assert busy_holders("Headphones", proc) == [
         Holder(pid=4242, comm="?", stream="pcm0p/sub0", state="RUNNING")
     ]
+
+
+def test_auto_picks_the_usb_card_by_name_else_default() -> None:
+    from wzp.audio.cards import resolve_device
+
+    cards = parse_cards(PI_CARDS)
+    # card 0 is the Pi's headphone jack (no microphone): "auto" must not mean index 0
+    assert resolve_device("auto", cards) == "plughw:CARD=Device,DEV=0"
+    # the same card replugged under another index is found by its name again
+    replugged = parse_cards(PI_CARDS.replace(" 2 [Device", " 3 [Device"))
+    assert resolve_device("auto", replugged) == "plughw:CARD=Device,DEV=0"
+    no_usb = parse_cards("\n".join(PI_CARDS.splitlines()[:4]) + "\n")
+    assert resolve_device("auto", no_usb) == "default"
+    assert resolve_device("auto", []) == "default"
+    assert resolve_device("dsnoop:CARD=Device", cards) == "dsnoop:CARD=Device"

@@ -68,7 +68,7 @@ def test_defaults() -> None:
     cfg = Config.default()
     assert cfg.identity_path == Path("/var/lib/wzp/identity.seed")
     assert (cfg.board_profile, cfg.pin_factory, cfg.gpio_chip) == ("breadboard", "lgpio", None)
-    assert (cfg.audio_capture, cfg.audio_playback, cfg.volume_db) == ("default", "default", 0.0)
+    assert (cfg.audio_capture, cfg.audio_playback, cfg.volume_db) == ("auto", "auto", 0.0)
     assert (cfg.mode, cfg.default_contact, cfg.accept) == ("half-duplex", None, "contacts")
     assert (cfg.listen_port, cfg.listen_hosts) == (4433, ("0.0.0.0", "::"))
     assert cfg.auto_answer_s is None

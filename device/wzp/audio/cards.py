@@ -125,6 +125,22 @@ def find_card(ref: str, cards: list[Card]) -> Card | None:
     return None
 
 
+#: the device name meaning "the first USB sound card, else ALSA's default"
+AUTO = "auto"
+
+
+def resolve_device(name: str, cards: list[Card]) -> str:
+    """The ALSA name to open for ``name``: ``auto`` becomes the first USB sound card by
+    its stable name (``plughw:CARD=Device,DEV=0``: any rate the program asks for, found
+    again after a replug whatever its new index), or ``default`` without one."""
+    if name != AUTO:
+        return name
+    for card in cards:
+        if card.driver == "USB-Audio":
+            return f"plughw:CARD={card.id},DEV=0"
+    return "default"
+
+
 def card_present(device_name: str, cards: list[Card]) -> bool:
     """Whether the card a device name refers to is in ``cards``.
 

@@ -218,10 +218,15 @@ def _refused_boot_file() -> Path | None:
 
 
 def _make_audio(cfg):  # type: ignore[no-untyped-def]
-    from ..audio.alsa import AudioDevice
+    from ..audio.alsa import AudioDevice, open_pcm
+    from ..audio.cards import list_cards, resolve_device
+
+    def pcm_open(device: str, kind: str):  # type: ignore[no-untyped-def]
+        # "auto" is resolved at every (re)open from a fresh card list
+        return open_pcm(resolve_device(device, list_cards()), kind)
 
     # ring_periods=5: at most 100 ms of playback queued beyond the ALSA buffer
-    return AudioDevice(cfg.audio_capture, cfg.audio_playback, ring_periods=5)
+    return AudioDevice(cfg.audio_capture, cfg.audio_playback, pcm_open=pcm_open, ring_periods=5)
 
 
 # -- talking to the daemon -----------------------------------------------------------------

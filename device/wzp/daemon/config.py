@@ -483,8 +483,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "gpio_chip": _Key("gpio_chip", "auto", _gpio_chip),
     },
     "audio": {
-        "capture": _Key("audio_capture", "default", _printable),
-        "playback": _Key("audio_playback", "default", _printable),
+        "capture": _Key("audio_capture", "auto", _printable),
+        "playback": _Key("audio_playback", "auto", _printable),
         "volume_db": _Key("volume_db", 0.0, _number(-40, 20)),
     },
     "call": {

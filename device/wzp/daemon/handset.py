@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .. import __version__
+from ..audio.cards import AUTO, list_cards, resolve_device
 from ..board.board import Board
 from ..board.buttons import ButtonEvent
 from ..crypto.identity import Identity, fingerprint, fingerprint_text, parse_fingerprint
@@ -699,8 +700,8 @@ class Handset:
             "last_error": self.last_error,
             "calls": self.calls_total,
             "audio": {
-                "capture_device": cfg.audio_capture,
-                "playback_device": cfg.audio_playback,
+                "capture_device": _device_text(cfg.audio_capture),
+                "playback_device": _device_text(cfg.audio_playback),
                 **self.audio.status_dict(),
             },
             "gpio": {
@@ -843,6 +844,12 @@ class Handset:
         }.items():
             c.handle(name, fn)
         c.handle_stream("test_buttons", test_buttons)
+
+
+def _device_text(name: str) -> str:
+    if name != AUTO:
+        return name
+    return f"auto: {resolve_device(name, list_cards())}"
 
 
 def _residual_pct(info: CallInfo, whole_call: bool = False) -> float | None:
