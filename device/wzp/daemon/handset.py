@@ -25,7 +25,7 @@ import contextlib
 import logging
 import math
 import time
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -173,6 +173,12 @@ class Handset:
         self._button_watchers: list[asyncio.Queue[ButtonEvent]] = []
         self._led_test_until = -math.inf
         self._offering: set[CallInfo] = set()
+        #: call ids offered to this handset, across connections (replays are refused)
+        self._seen_calls: OrderedDict[bytes, None] = OrderedDict()
+        #: incoming calls refused, by reason (busy, bad-signature, not-allowed, ...)
+        self.refused: Counter[str] = Counter()
+        #: what the live call's engine refused or ignored, by kind
+        self.ignored: Counter[str] = Counter()
         self.port: int | None = None
 
     # -- life cycle ------------------------------------------------------------------------
@@ -361,15 +367,22 @@ class Handset:
             accept=self._accept,
             alias=self.alias,
             rekey_after_s=self.rekey_after_s,
+            seen_calls=self._seen_calls,
+            transport_peer=conn.peer_fingerprint if direction == "incoming" else None,
         )
         info: CallInfo | None = None
 
         def busy() -> bool:
             # this connection offers a call: refuse when another call holds the handset
-            return self.dialing is not None or any(
+            taken = self.dialing is not None or any(
                 other is not info and other.runner.engine.session.live
                 for other in self._live_calls()
             )
+            if taken:
+                self.refused["busy"] += 1
+                who = self._name_of(conn.peer_fingerprint) or _fp_of(conn.peer_fingerprint)
+                self._note("refused", f"call from {who}: busy")
+            return taken
 
         runner = CallRunner(
             engine,
@@ -401,6 +414,13 @@ class Handset:
         finally:
             watchdog.cancel()
             self._offering.discard(info)
+            if self.call is not info:
+                # never became the call: say why it was refused (bad signature, not a
+                # contact, replayed offer...)
+                for ev in info.runner.engine.take_events():
+                    if ev.kind == "refused":
+                        self._note("refused", ev.detail)
+                self.refused.update(info.runner.engine.stats.refused)
 
     def _claim_incoming(self) -> None:
         for info in list(self._offering):
@@ -556,6 +576,7 @@ class Handset:
             if info is not None:
                 self._apply_caps(info)
         if info is not None:
+            self._drain_call_events(info)
             media = info.runner.engine.media
             if media is not None:
                 tier = media.tier.name
@@ -570,6 +591,18 @@ class Handset:
                     conc += rx.playout.stats.concealed
                 info.residual.append((now, due, conc))
         self.notifier.status(self.summary())
+
+    def _drain_call_events(self, info: CallInfo) -> None:
+        """What the call engine refused or ignored (stale call ids, a second offer...):
+        counted, and a few of them told (a hostile peer's flood is not logged line by line)."""
+        told = 0
+        for ev in info.runner.engine.take_events():
+            if ev.kind not in ("refused", "stale", "error"):
+                continue
+            self.ignored[ev.kind] += 1
+            if told < 3:
+                told += 1
+                self._note(ev.kind, ev.detail)
 
     def _caps_complexity(self) -> int:
         return self.monitor.caps().complexity if self.monitor is not None else DEFAULT_COMPLEXITY
@@ -699,6 +732,8 @@ class Handset:
             "last_call": self.last_call,
             "last_error": self.last_error,
             "calls": self.calls_total,
+            "refused": dict(self.refused),
+            "ignored": dict(self.ignored),
             "audio": {
                 "capture_device": _device_text(cfg.audio_capture),
                 "playback_device": _device_text(cfg.audio_playback),
@@ -863,6 +898,10 @@ def _residual_pct(info: CallInfo, whole_call: bool = False) -> float | None:
             return None
         _, d0, c0 = info.residual[0]
     return round(100 * (c1 - c0) / (d1 - d0), 2) if d1 > d0 else None
+
+
+def _fp_of(fp: bytes | None) -> str:
+    return fingerprint_text(fp) if fp is not None else "an unknown peer"
 
 
 def _fp_text(identity_pub: bytes | None) -> str | None:

@@ -96,6 +96,8 @@ class CallEngine:
         alias: str | None = None,
         ladder: tuple[Tier, ...] = LADDER,
         rekey_after_s: float | None = None,
+        seen_calls: OrderedDict[bytes, None] | None = None,
+        transport_peer: bytes | None = None,
     ) -> None:
         self.identity = identity
         self.encoder_factory = encoder_factory
@@ -120,7 +122,14 @@ class CallEngine:
         self._out_msgs: list[sig.Message] = []
         self._out_dgrams: list[bytes] = []
         self.events: list[CallEvent] = []
-        self._seen_calls: OrderedDict[bytes, None] = OrderedDict()
+        #: call ids already offered (a replayed CallOffer is refused); a handset shares one
+        #: table between the engines of all its connections
+        self._seen_calls: OrderedDict[bytes, None] = (
+            seen_calls if seen_calls is not None else OrderedDict()
+        )
+        #: on a direct connection, the fingerprint the peer's certificate proved: an offer
+        #: made in another identity's name on it is refused (None: not known, e.g. relay)
+        self.transport_peer = transport_peer
         self._epoch_started = 0.0
         self.rtt_ms = 0.0
 
@@ -285,6 +294,14 @@ class CallEngine:
             self.stats.refused["bad-signature"] += 1
             self._send(sig.Hangup(reason="Error", call_id=_hex(call_id)))
             self._event(now, "refused", "bad signature on CallOffer")
+            return
+        if self.transport_peer is not None and caller_fp != self.transport_peer:
+            # a valid offer of someone else's, replayed or relayed on this connection
+            self.stats.refused["identity-mismatch"] += 1
+            self._send(sig.Hangup(reason="Error", call_id=_hex(call_id)))
+            self._event(
+                now, "refused", "CallOffer identity does not match the connection's certificate"
+            )
             return
         if call_id in self._seen_calls:  # checked after the signature: no forged blocking
             self.stats.refused["replayed-offer"] += 1
