@@ -176,6 +176,12 @@ def _call_args(p: argparse.ArgumentParser) -> None:
         help="audio to send: mono WAV (8/16/48 kHz) or raw s16 at 8 kHz",
     )
     p.add_argument("--out", type=Path, metavar="FILE", help="write what was heard (48 kHz WAV)")
+    p.add_argument(
+        "--audio",
+        metavar="DEVICE",
+        help="ALSA device for what --in/--out do not cover: 'auto' (the first USB card) or a "
+        "name such as plughw:CARD=Device,DEV=0 (default: silence out, nothing kept)",
+    )
     p.add_argument("--duration", type=float, metavar="S", help="hang up after this long")
     p.add_argument("--alias", help="name shown to the peer")
     p.add_argument(
@@ -205,7 +211,23 @@ def _call_setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     except AudioFileError as exc:
         raise SystemExit(f"wzp: --in: {exc}") from None
     sink = FileSink(args.out) if args.out else Discard()
-    return ident, source, sink
+    device = None
+    if args.audio and not (args.in_ and args.out):
+        from .daemon.commands import make_audio_device
+
+        device = make_audio_device(args.audio, args.audio)
+        device.start()
+        source = source if args.in_ else device
+        sink = sink if args.out else device
+    return ident, source, sink, device
+
+
+def _close_audio(sink, device) -> None:  # type: ignore[no-untyped-def]
+    """Audio threads first (rule 4), then the file."""
+    if device is not None:
+        device.stop()
+    if sink is not device:
+        sink.close()
 
 
 def _print_status(status) -> None:  # type: ignore[no-untyped-def]
@@ -221,7 +243,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     from .net.callrunner import CallRunner
     from .net.quic import serve_wzp
 
-    ident, source, sink = _call_setup(args)
+    ident, source, sink, device = _call_setup(args)
     try:
         allowed = {parse_fingerprint(f) for f in args.allow or []}
     except ValueError as exc:
@@ -259,7 +281,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                 await conn.aclose(runner.close_phrase())
                 if first:
                     active.clear()
-                    sink.close()
+                    _close_audio(sink, device)
             print(
                 f"call ended: {reason.value if reason else 'no call'} "
                 f"({engine.session.end_detail}); rekeys {engine.stats.rekeys}",
@@ -311,7 +333,7 @@ def _cmd_dial(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"wzp dial: bad port in {args.target!r}", file=sys.stderr)
         return 2
-    ident, source, sink = _call_setup(args)
+    ident, source, sink, device = _call_setup(args)
 
     async def main() -> int:
         try:
@@ -338,7 +360,7 @@ def _cmd_dial(args: argparse.Namespace) -> int:
             reason = await runner.run(args.duration)
         finally:
             await conn.aclose(runner.close_phrase())
-            sink.close()
+            _close_audio(sink, device)
         print(
             f"call ended: {reason.value if reason else 'no call'} "
             f"({engine.session.end_detail}); rekeys {engine.stats.rekeys}",

@@ -178,3 +178,31 @@ def test_leds_off_even_with_a_refused_config(tmp_path: Path) -> None:
     # the defaults (lgpio) are tried instead; this machine has no GPIO chip: a clear error
     res = _wzp("leds", "off", "--config", str(cfg))
     assert res.returncode == 1 and "gpio" in res.stderr.lower(), res.stderr
+
+
+def test_listen_and_dial_on_alsa_devices(tmp_path: Path) -> None:
+    """`wzp listen/dial --audio DEVICE`: the sound card path of the command line (ALSA's
+    null device here), a call of a few seconds, hung up by the dialer."""
+    port = _free_port()
+    b_seed = tmp_path / "b.seed"
+    fp = _wzp("identity", "--path", str(b_seed)).stdout.strip()
+    listener = subprocess.Popen(
+        [*WZP, "listen", "--identity", str(b_seed), "--host", "127.0.0.1", "--port", str(port),
+         "--audio", "null", "--once"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.5)
+        dial = _wzp(
+            "dial", f"127.0.0.1:{port}", "--peer", fp, "--identity", str(tmp_path / "a.seed"),
+            "--audio", "null", "--duration", "3", timeout=60,
+        )  # fmt: skip
+        assert dial.returncode == 0, dial.stderr
+        assert "call ended: Normal" in dial.stdout and "state=active" in dial.stdout
+        out, err = listener.communicate(timeout=20)
+        assert listener.returncode == 0, err
+        assert "call ended: Normal" in out
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.communicate()

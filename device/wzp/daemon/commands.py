@@ -218,6 +218,11 @@ def _refused_boot_file() -> Path | None:
 
 
 def _make_audio(cfg):  # type: ignore[no-untyped-def]
+    return make_audio_device(cfg.audio_capture, cfg.audio_playback)
+
+
+def make_audio_device(capture: str, playback: str):  # type: ignore[no-untyped-def]
+    """The sound card as the daemon and ``wzp listen/dial --audio`` use it."""
     from ..audio.alsa import AudioDevice, open_pcm
     from ..audio.cards import list_cards, resolve_device
 
@@ -226,7 +231,7 @@ def _make_audio(cfg):  # type: ignore[no-untyped-def]
         return open_pcm(resolve_device(device, list_cards()), kind)
 
     # ring_periods=5: at most 100 ms of playback queued beyond the ALSA buffer
-    return AudioDevice(cfg.audio_capture, cfg.audio_playback, pcm_open=pcm_open, ring_periods=5)
+    return AudioDevice(capture, playback, pcm_open=pcm_open, ring_periods=5)
 
 
 # -- talking to the daemon -----------------------------------------------------------------
