@@ -27,8 +27,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wzp(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*WZP, *args], capture_output=True, text=True, timeout=timeout)
+def _wzp(
+    *args: str, timeout: float = 30, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*WZP, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def test_bad_config_is_refused_naming_key_and_line(tmp_path: Path) -> None:
@@ -176,7 +178,8 @@ def test_leds_off_even_with_a_refused_config(tmp_path: Path) -> None:
     assert _wzp("leds", "off", "--config", str(cfg)).returncode == 0
     cfg.write_text('[board]\npin_factory = "mock"\nbogus = 1\n')
     # the defaults (lgpio) are tried instead; this machine has no GPIO chip: a clear error
-    res = _wzp("leds", "off", "--config", str(cfg))
+    # (lgpio writes its .lgd-nfy pipe into the working directory: a scratch one)
+    res = _wzp("leds", "off", "--config", str(cfg), cwd=tmp_path)
     assert res.returncode == 1 and "gpio" in res.stderr.lower(), res.stderr
 
 

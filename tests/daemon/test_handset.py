@@ -113,6 +113,28 @@ async def _box(
     return box
 
 
+async def pair(
+    tmp: Path,
+    ids: dict[str, Identity],
+    audio_a: Any,
+    audio_b: Any,
+    a_kw: dict[str, Any] | None = None,
+    b_kw: dict[str, Any] | None = None,
+) -> tuple[Box, Box]:
+    """Handset B (knows A as "alice") listening, handset A (B is "bob", its default)."""
+    b = await _box(
+        tmp, "b", ids["B"], audio_b,
+        {"alice": Contact("alice", ids["A"].fingerprint, "127.0.0.1", 9)}, **(b_kw or {}),
+    )  # fmt: skip
+    assert b.h.port
+    a = await _box(
+        tmp, "a", ids["A"], audio_a,
+        {"bob": Contact("bob", ids["B"].fingerprint, "127.0.0.1", b.h.port)}, "bob",
+        **(a_kw or {}),
+    )  # fmt: skip
+    return a, b
+
+
 async def until(cond: Any, timeout: float = 15.0, what: str = "") -> None:
     end = time.monotonic() + timeout
     while not cond():
@@ -148,22 +170,7 @@ async def test_call_answer_ptt_hangup_with_leds(tmp_path: Path, ids: dict[str, I
         "plughw:CARD=Device,DEV=0", "plughw:CARD=Device,DEV=0", pcm_open=card.open
     )
     audio_b = DemoAudio(np.zeros(0, dtype=np.int16))
-    b = await _box(
-        tmp_path,
-        "b",
-        ids["B"],
-        audio_b,
-        {"alice": Contact("alice", ids["A"].fingerprint, "127.0.0.1", 9)},
-    )
-    assert b.h.port
-    a = await _box(
-        tmp_path,
-        "a",
-        ids["A"],
-        audio_a,
-        {"bob": Contact("bob", ids["B"].fingerprint, "127.0.0.1", b.h.port)},
-        "bob",
-    )
+    a, b = await pair(tmp_path, ids, audio_a, audio_b)
     try:
         # boot: the idle heartbeat (0.1 s on every 2 s) on the status LED
         t_boot = time.monotonic()
@@ -260,18 +267,8 @@ async def test_sound_card_missing_at_start_and_mid_call(
         pcm_open=card.open,
         reopen_interval_s=0.2,
     )
-    b = await _box(
-        tmp_path, "b", ids["B"], DemoAudio(np.zeros(0, np.int16)),
-        {"alice": Contact("alice", ids["A"].fingerprint, "127.0.0.1", 9)}, auto_answer_s=0.0,
-    )  # fmt: skip
-    assert b.h.port
-    a = await _box(
-        tmp_path,
-        "a",
-        ids["A"],
-        audio_a,
-        {"bob": Contact("bob", ids["B"].fingerprint, "127.0.0.1", b.h.port)},
-        "bob",
+    a, b = await pair(
+        tmp_path, ids, audio_a, DemoAudio(np.zeros(0, np.int16)), b_kw={"auto_answer_s": 0.0}
     )
     try:
         # no card at boot: the daemon runs, shows the error pattern and says why

@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 
 from tests.audio.test_alsa import FakeCard
-from tests.daemon.test_handset import Box, _box, until
+from tests.daemon.test_handset import Box, pair, until
 from wzp.audio.alsa import AudioDevice
 from wzp.crypto.handshake import Ephemeral, new_call_id, sign_offer
 from wzp.crypto.identity import Identity
-from wzp.daemon.config import Contact
 from wzp.daemon.demo import DemoAudio
 from wzp.net.quic import connect_wzp
 from wzp.proto import signal as sig
@@ -41,15 +40,9 @@ async def _pair(tmp_path, ids) -> tuple[Box, Box, DemoAudio]:  # type: ignore[no
     card = FakeCard()
     card.amplitude = 8000.0  # A's microphone: a 1 kHz tone
     heard = DemoAudio(np.zeros(0, np.int16))
-    b = await _box(
-        tmp_path, "b", ids["B"], heard,
-        {"alice": Contact("alice", ids["A"].fingerprint, "127.0.0.1", 9)}, auto_answer_s=0.0,
-    )  # fmt: skip
-    assert b.h.port
-    a = await _box(
-        tmp_path, "a", ids["A"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=card.open),
-        {"bob": Contact("bob", ids["B"].fingerprint, "127.0.0.1", b.h.port)}, "bob",
-        mode="full-duplex",
+    a, b = await pair(
+        tmp_path, ids, AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=card.open), heard,
+        a_kw={"mode": "full-duplex"}, b_kw={"auto_answer_s": 0.0},
     )  # fmt: skip
     return a, b, heard
 

@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +119,11 @@ def choose_header_chip(chips: list[ChipInfo], override: int | None = None) -> Ch
     return candidates[0]
 
 
-def list_chips(dev: str | Path = "/dev", *, errors: list[str] | None = None) -> list[ChipInfo]:
-    """Every ``gpiochipN`` under ``dev`` with its label and line count, by number.
-
-    lgpio opens chips by number (``/dev/gpiochipN``). A chip that cannot be opened or
-    queried is left out and logged; its reason is appended to ``errors`` when given.
-    Raises :class:`GpioError` when the lgpio binding itself is missing.
-    """
+def import_lgpio() -> Any:
+    """The lgpio module, imported here only: importing it creates a notification pipe
+    ``.lgd-nfy*`` in the working directory. Its failures become :class:`GpioError`."""
     try:
-        import lgpio  # here only: importing it creates .lgd-nfy* in the cwd
+        import lgpio
     except ImportError as exc:
         raise GpioError(
             f"the lgpio Python binding is not installed ({exc}); on Raspberry Pi OS: "
@@ -137,6 +134,17 @@ def list_chips(dev: str | Path = "/dev", *, errors: list[str] | None = None) -> 
             f"importing lgpio failed ({exc}): it creates a notification pipe .lgd-nfy* in "
             f"the working directory ({os.getcwd()}), which must be writable"
         ) from None
+    return lgpio
+
+
+def list_chips(dev: str | Path = "/dev", *, errors: list[str] | None = None) -> list[ChipInfo]:
+    """Every ``gpiochipN`` under ``dev`` with its label and line count, by number.
+
+    lgpio opens chips by number (``/dev/gpiochipN``). A chip that cannot be opened or
+    queried is left out and logged; its reason is appended to ``errors`` when given.
+    Raises :class:`GpioError` when the lgpio binding itself is missing.
+    """
+    lgpio = import_lgpio()
 
     base = Path(dev)
     found: list[tuple[int, Path]] = []

@@ -8,11 +8,10 @@ Hardware bindings are imported only when that factory is asked for.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
-from .chip import ChipInfo, GpioError, choose_header_chip, list_chips
+from .chip import ChipInfo, GpioError, choose_header_chip, import_lgpio, list_chips
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +29,11 @@ def _mock_factory() -> tuple[Any, str]:
 def _lgpio_factory(
     chip: int | None, lister: Callable[..., list[ChipInfo]]
 ) -> tuple[Any, ChipInfo, str]:
+    import_lgpio()  # a missing binding or an unwritable cwd: a clear GpioError
     try:
         from gpiozero.pins.lgpio import LGPIOFactory
     except ImportError as exc:
-        raise GpioError(
-            f'pin_factory = "lgpio" needs the lgpio Python binding ({exc}); on Raspberry '
-            "Pi OS: sudo apt install python3-lgpio (the venv must see system site-packages)"
-        ) from None
-    except OSError as exc:
-        raise GpioError(
-            f"importing lgpio failed ({exc}): it creates a notification pipe .lgd-nfy* in "
-            f"the working directory ({os.getcwd()}), which must be writable"
-        ) from None
+        raise GpioError(f"gpiozero has no lgpio pin factory ({exc}): need gpiozero >= 2") from None
 
     errors: list[str] = []
     chips = lister(errors=errors)
