@@ -196,7 +196,7 @@ async def test_call_answer_ptt_hangup_with_leds(tmp_path: Path, ids: dict[str, I
 
         # the status LED's ringing pattern on B: two short blinks then a pause
         t_ring = time.monotonic()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.5)  # a whole 1 s cycle, whatever the phase
         ring = _levels(b, "status", t_ring)
         assert sum(1 for _, lv in ring if lv) >= 2, ring
 
@@ -380,3 +380,22 @@ def test_led_patterns_documented() -> None:
     # the status patterns the daemon uses all exist
     for name in ("idle", "connecting", "ringing", "in_call", "rekeying", "error", "off"):
         assert name in STATUS_PATTERNS
+
+
+async def test_long_press_while_ringing_declines_without_answering(
+    tmp_path: Path, ids: dict[str, Identity]
+) -> None:
+    a, b = await pair(
+        tmp_path, ids, DemoAudio(np.zeros(0, np.int16)), DemoAudio(np.zeros(0, np.int16))
+    )
+    try:
+        await a.press("call")
+        await until(lambda: b.h.state_name() == "ringing", 15, "B to ring")
+        await b.press("call", hold_s=1.3)
+        await until(lambda: a.h.call is None and b.h.call is None, 10, "the call to end")
+        assert a.h.last_call["ended"] == "Declined"
+        assert not any(e["detail"] == "answered" for e in b.h.events)
+        assert "in_call" not in b.statuses()
+    finally:
+        await a.h.stop()
+        await b.h.stop()

@@ -41,7 +41,7 @@ from ..media.call import CallEngine
 from ..media.codecs import DEFAULT_COMPLEXITY, TierCodec, make_frame_decoder
 from ..net.callrunner import CallRunner
 from ..net.quic import PeerFingerprintMismatch, WzpConnection, connect_wzp, serve_wzp
-from ..proto.session import State
+from ..proto.session import EndReason, State
 from .config import Config, Contact
 from .contacts import ContactsError, ContactStore, merge_contacts
 from .control import ControlError, ControlServer
@@ -154,6 +154,7 @@ class Handset:
         self.last_error: str | None = None
         self.events: deque[dict[str, Any]] = deque(maxlen=50)
         self.ptt_down = False
+        self._call_long = False
         self.ptt_released_at = -math.inf
         self.muted = False
         self.started_at = time.monotonic()
@@ -478,7 +479,8 @@ class Handset:
         if info is None or not info.runner.engine.session.live:
             raise ControlError("no call to hang up")
         ringing = info.runner.engine.state is State.RINGING
-        info.runner.engine.hangup(info.runner.now())
+        reason = EndReason.DECLINED if ringing else EndReason.NORMAL
+        info.runner.engine.hangup(info.runner.now(), reason)
         info.runner.flush()
         self._note("call", "declined" if ringing else "hung up")
         return "declined" if ringing else "hung up"
@@ -525,13 +527,19 @@ class Handset:
             return
         state = self.call.runner.engine.state if self.call is not None else None
         if role == "call":
+            # a short press acts when released (so a long press never answers or dials
+            # first); a long press hangs up as soon as it is long
             if kind == "press":
+                self._call_long = False
+            elif kind == "long":
+                self._call_long = True
+                if self.call is not None or self.dialing is not None:
+                    self.hangup()
+            elif kind == "release" and not self._call_long:
                 if state is State.RINGING:
                     self.answer()
                 elif self.call is None and self.dialing is None:
                     self.place_call()
-            elif kind == "long" and (self.call is not None or self.dialing is not None):
-                self.hangup()
         elif role == "hangup" and kind == "press":
             if self.call is not None or self.dialing is not None:
                 self.hangup()
