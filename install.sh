@@ -563,6 +563,9 @@ pi_install() {
     pi_users
     ensure_dir "$OPT" 0755
     ensure_dir "$ETC" 0755
+    # group wzp: `wzp config apply-boot` (root) writes boot.toml 0640 with the folder's
+    # group, and the daemon (user wzp) must read it
+    ensure_owner "$ETC" root:wzp
     ensure_dir "$STATE" 0700
     ensure_owner "$STATE" wzp:wzp -R
     pi_venv

@@ -173,6 +173,7 @@ def test_staged_install_places_the_files_and_only_prints_commands(staged: Path) 
         "groupadd --system gpio",
         "useradd --system --user-group --home-dir /var/lib/wzp --no-create-home "
         "--shell /usr/sbin/nologin --comment 'wzp handset daemon' --groups audio,gpio wzp",
+        "chown root:wzp /etc/wzp",
         "chown -R wzp:wzp /var/lib/wzp",
         f"{sys.executable} -m venv --system-site-packages {VENV}",
         f"{VENV}/bin/python -m pip install --disable-pip-version-check {ROOT}",
