@@ -128,6 +128,10 @@ group = ""
         assert res.returncode == 0 and "ptt down" in res.stdout
         res = _wzp("contacts", "list", "--socket", str(sock))
         assert res.returncode == 0 and "no contacts" in res.stdout
+        # the daemon holds the pins: the LED test goes through it
+        res = _wzp("test", "leds", "--socket", str(sock))
+        assert res.returncode == 0 and "cycling LEDs" in res.stdout
+        assert "directly" not in res.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
@@ -209,3 +213,14 @@ def test_listen_and_dial_on_alsa_devices(tmp_path: Path) -> None:
         if listener.poll() is None:
             listener.kill()
             listener.communicate()
+
+
+def test_hardware_tests_use_the_pins_when_no_daemon_runs(tmp_path: Path) -> None:
+    cfg = tmp_path / "wzp.toml"
+    cfg.write_text('[board]\npin_factory = "mock"\n')
+    none = str(tmp_path / "none.sock")
+    res = _wzp("test", "leds", "--config", str(cfg), "--socket", none, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert "using the pins directly" in res.stdout and "status, link, tx" in res.stdout
+    res = _wzp("test", "buttons", "--seconds", "0.5", "--config", str(cfg), "--socket", none)
+    assert res.returncode == 0 and "press the buttons" in res.stdout

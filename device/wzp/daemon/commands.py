@@ -325,18 +325,71 @@ def cmd_contacts(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    if args.what == "leds":
-        r = _ask(args, "test_leds")
-        print(f"cycling LEDs {', '.join(r['leds'])} for {r['seconds']:.0f} s: watch the box")
-    elif args.what == "buttons":
-        print(f"press the buttons ({args.seconds:.0f} s)...", flush=True)
-
-        def show(ev: dict[str, Any]) -> None:
-            print(f"  {ev['t']:8.3f}s  {ev['role']:<12} {ev['kind']}", flush=True)
-
-        _ask(args, "test_buttons", seconds=args.seconds, on_event=show, timeout=args.seconds + 5)
-    else:
+    if args.what == "audio":
         return _test_audio(args)
+
+    def show(ev: dict[str, Any]) -> None:
+        print(f"  {ev['t']:8.3f}s  {ev['role']:<12} {ev['kind']}", flush=True)
+
+    try:
+        request(socket_path(args), "identity", timeout=2.0)  # is a daemon holding the pins?
+        if args.what == "leds":
+            r = request(socket_path(args), "test_leds")
+            print(f"cycling LEDs {', '.join(r['leds'])} for {r['seconds']:.0f} s: watch the box")
+        else:
+            print(f"press the buttons ({args.seconds:.0f} s)...", flush=True)
+            request(
+                socket_path(args),
+                "test_buttons",
+                seconds=args.seconds,
+                on_event=show,
+                timeout=args.seconds + 5,
+            )
+        return 0
+    except NotRunning:
+        # no daemon holds the pins: open them here (lgpio lets one process hold a pin)
+        return _test_board_locally(args, show)
+    except PermissionError:
+        _ask(args, "status")  # prints the permission hint and exits
+        return 1
+    except ControlError as exc:
+        print(f"wzp test {args.what}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _test_board_locally(args: argparse.Namespace, show: Any) -> int:
+    import time
+
+    from ..board.board import Board
+    from ..board.factory import GpioError, make_factory
+    from ..board.profile import BoardError, load_profile
+
+    cfg = load_daemon_config(args)
+    try:
+        factory, desc = make_factory(cfg.pin_factory, cfg.gpio_chip)
+        board = Board(load_profile(cfg.board_profile), factory)
+    except (GpioError, BoardError) as exc:
+        print(f"wzp test {args.what}: {exc}", file=sys.stderr)
+        return 1
+    print(f"no daemon running: using the pins directly ({desc})", flush=True)
+    t0 = time.monotonic()
+    try:
+        if args.what == "leds":
+            end = t0 + board.test_leds()
+            print(f"cycling LEDs {', '.join(board.snapshot()['leds'])}: watch the box", flush=True)
+        else:
+            end = t0 + args.seconds
+            print(f"press the buttons ({args.seconds:.0f} s)...", flush=True)
+        while (now := time.monotonic()) < end:
+            for ev in board.poll(now):
+                show({"t": ev.at - t0, "role": ev.role, "kind": ev.kind})
+            board.tick(now)
+            time.sleep(0.02)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.close()
+        factory.close()
     return 0
 
 
