@@ -399,3 +399,24 @@ async def test_long_press_while_ringing_declines_without_answering(
     finally:
         await a.h.stop()
         await b.h.stop()
+
+
+async def test_a_microphone_that_captures_nothing_is_reported(
+    tmp_path: Path, ids: dict[str, Identity]
+) -> None:
+    card = FakeCard()
+    card.amplitude = 0.0  # a dead microphone: digital silence
+    audio_a = AudioDevice("hw:CARD=Device", "hw:CARD=Device", pcm_open=card.open)
+    a, b = await pair(
+        tmp_path, ids, audio_a, DemoAudio(np.zeros(0, np.int16)),
+        a_kw={"mode": "full-duplex"}, b_kw={"auto_answer_s": 0.0},
+    )  # fmt: skip
+    try:
+        a.h.place_call()
+        await until(lambda: a.h.state_name() == "active", 15, "the call")
+        await until(lambda: "microphone captures nothing" in (a.h.last_error or ""), 9, "report")
+        assert a.h.status_led(a.h.now()) == "error"
+        assert a.h.state_name() == "active"  # reported, the call goes on
+    finally:
+        await a.h.stop()
+        await b.h.stop()

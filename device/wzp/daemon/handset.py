@@ -62,6 +62,9 @@ VOLUME_STEP_DB = 3.0
 VOLUME_RANGE_DB = (-40.0, 20.0)
 #: audio port states that light the error pattern (the card is gone, held, or broken)
 AUDIO_FAULTS = ("missing", "busy", "error")
+#: talking with the capture level below this for MIC_SILENT_S is reported
+MIC_SILENT_DBFS = -80.0
+MIC_SILENT_S = 5.0
 
 
 class AudioPort(Protocol):
@@ -93,6 +96,8 @@ class CallInfo:
     last_tier: str | None = None
     complexity: int = DEFAULT_COMPLEXITY
     forbidden: frozenset[str] = frozenset()
+    mic_silent_since: float | None = None
+    mic_warned: bool = False
     codecs: list[TierCodec] = field(default_factory=list)
     #: (time, frames due, concealed) samples for the post-FEC loss window
     residual: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=6))
@@ -585,6 +590,7 @@ class Handset:
                 self._apply_caps(info)
         if info is not None:
             self._drain_call_events(info)
+            self._check_microphone(info, now)
             media = info.runner.engine.media
             if media is not None:
                 tier = media.tier.name
@@ -599,6 +605,25 @@ class Handset:
                     conc += rx.playout.stats.concealed
                 info.residual.append((now, due, conc))
         self.notifier.status(self.summary())
+
+    def _check_microphone(self, info: CallInfo, now: float) -> None:
+        """A microphone that captures nothing while the user talks is reported, not
+        silently sent (a muted mixer, the wrong device, a broken cable)."""
+        talking = info.runner.talking and info.runner.engine.media is not None
+        level = self.audio.levels().get("capture_dbfs", 0.0)
+        if not talking or self.audio.state in AUDIO_FAULTS or level > MIC_SILENT_DBFS:
+            info.mic_silent_since = None
+            return
+        if info.mic_silent_since is None:
+            info.mic_silent_since = now
+        elif now - info.mic_silent_since >= MIC_SILENT_S and not info.mic_warned:
+            info.mic_warned = True
+            self._fail(
+                f"the microphone captures nothing ({level:.0f} dBFS for "
+                f"{MIC_SILENT_S:.0f} s while talking): check the capture device and its "
+                "level (alsamixer), or run `wzp test audio`",
+                show_s=30.0,
+            )
 
     def _drain_call_events(self, info: CallInfo) -> None:
         """What the call engine refused or ignored (stale call ids, a second offer...):
