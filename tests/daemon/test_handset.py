@@ -420,3 +420,39 @@ async def test_a_microphone_that_captures_nothing_is_reported(
     finally:
         await a.h.stop()
         await b.h.stop()
+
+
+async def test_a_hot_overloaded_pi_caps_the_call(tmp_path: Path, ids: dict[str, Identity]) -> None:
+    """Injected readings (SoC at 82 °C, firmware throttling) cap the live call: lower
+    Opus complexity on its encoder, the costliest tiers forbidden, and status says why."""
+    from wzp.daemon.resources import Limits, ResourceMonitor
+
+    a, b = await pair(
+        tmp_path, ids, DemoAudio(np.zeros(0, np.int16)), DemoAudio(np.zeros(0, np.int16)),
+        a_kw={"mode": "full-duplex"}, b_kw={"auto_answer_s": 0.0},
+    )  # fmt: skip
+    try:
+        a.h.place_call()
+        await until(lambda: a.h.state_name() == "active", 15, "the call")
+        assert a.h.call is not None and a.h.call.complexity == 8
+        a.h.monitor = ResourceMonitor(
+            70.0,
+            75.0,
+            cpu_times=time.process_time,
+            temperature=lambda: 82.0,
+            throttled=lambda: 0x4,  # "throttled now"
+            limits=Limits(tighten_after_s=1.0),
+        )
+        await until(lambda: a.h.call is not None and a.h.call.complexity == 2, 8, "the caps")
+        info = a.h.call
+        assert info.forbidden and "extreme" not in info.forbidden
+        media = info.runner.engine.media
+        assert media is not None and media.tier.name not in info.forbidden
+        assert all(c.switcher.encoder.complexity == 2 for c in info.codecs)
+        res = a.h.status()["resources"]
+        assert res["level"] == 2 and res["complexity"] == 2
+        assert any("82.0" in r for r in res["reasons"])
+        assert any(e["kind"] == "resources" for e in a.h.events)
+    finally:
+        await a.h.stop()
+        await b.h.stop()
