@@ -158,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_bench_cpu)
 
     from .daemon.commands import add_parsers
+    from .relay.commands import add_relay_parser
 
     add_parsers(sub)
+    add_relay_parser(sub)
     return parser
 
 
