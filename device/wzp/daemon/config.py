@@ -125,8 +125,16 @@ class Contact:
     port: int
 
     @property
+    def direct(self) -> bool:
+        """Whether the contact has an address of its own (else: only through the relay)."""
+        return bool(self.host)
+
+    @property
     def address(self) -> str:
-        """``host:port``, or ``[v6]:port`` for an IPv6 address."""
+        """``host:port``, ``[v6]:port`` for an IPv6 address, or ``relay room`` for a
+        contact reached only through the relay."""
+        if not self.host:
+            return "relay room"
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
@@ -153,6 +161,10 @@ class Config:
     control_group: str | None
     max_cpu_pct: float
     max_temp_c: float
+    #: the relay room this handset joins at start ([relay]; None: no relay)
+    relay_address: tuple[str, int] | None = None
+    relay_fingerprint: bytes | None = None
+    relay_room: str | None = None
     contacts: Mapping[str, Contact] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
@@ -311,6 +323,25 @@ def _optional_contact_name(value: object) -> str | None:
     if value == "":
         return None
     return check_contact_name(value)
+
+
+def _optional_address(value: object) -> tuple[str, int] | None:
+    return None if value == "" else parse_address(value)
+
+
+def _optional_fingerprint(value: object) -> bytes | None:
+    return None if value == "" else check_fingerprint(value)
+
+
+_ROOM_RE = re.compile(r"[a-z0-9-]{1,63}")
+
+
+def _optional_room(value: object) -> str | None:
+    if value == "":
+        return None
+    if not isinstance(value, str) or not _ROOM_RE.fullmatch(value):
+        raise ValueError(f"must be 1-63 characters of a-z, 0-9 and -, got {_show(value)}")
+    return value
 
 
 def _listen_hosts(value: object) -> tuple[str, ...]:
@@ -503,7 +534,13 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "max_cpu_pct": _Key("max_cpu_pct", 70.0, _number(1, 400)),
         "max_temp_c": _Key("max_temp_c", 75.0, _number(40, 100)),
     },
+    "relay": {
+        "address": _Key("relay_address", "", _optional_address),
+        "fingerprint": _Key("relay_fingerprint", "", _optional_fingerprint),
+        "room": _Key("relay_room", "", _optional_room),
+    },
 }
+RELAY_KEYS = ("address", "fingerprint", "room")
 CONTACT_KEYS = ("fingerprint", "address")
 
 
@@ -873,11 +910,11 @@ def _parse_contacts(layer: _Layer, value: object) -> None:
                 checked[key] = check(field_value)
             except ValueError as exc:
                 layer.error([*where, key], str(exc))
-        for key in CONTACT_KEYS:
-            if key not in entry:
-                layer.error([*where, key], "missing (a contact needs a fingerprint and an address)")
+        if "fingerprint" not in entry:
+            layer.error([*where, "fingerprint"], "missing (a contact needs a fingerprint)")
         if layer.count == before:
-            host, port = checked["address"]
+            # no address: the contact is reached through the relay room only
+            host, port = checked.get("address", ("", 0))
             contacts[name] = Contact(name, checked["fingerprint"], host, port)
 
 
@@ -969,6 +1006,17 @@ def _merge(layers: Sequence[_Layer], read_errors: list[ConfigError]) -> Config:
             hint = f"add a [contacts.{wanted}] table"
         setter[("call", "default_contact")].error(
             ["call", "default_contact"], f"no contact named {_show(wanted)} ({hint})"
+        )
+    relay = {k: fields[SCHEMA["relay"][k].field] for k in RELAY_KEYS}
+    if any(v is not None for v in relay.values()) and not all(
+        v is not None for v in relay.values()
+    ):
+        missing = [k for k, v in relay.items() if v is None]
+        given = next(k for k, v in relay.items() if v is not None)
+        layer = setter[("relay", given)]
+        layer.error(
+            ["relay", missing[0]],
+            f"missing: a relay needs address, fingerprint and room (missing {', '.join(missing)})",
         )
     errors = read_errors + [e for layer in layers for e in layer.all_errors()]
     if errors:

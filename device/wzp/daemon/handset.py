@@ -40,12 +40,14 @@ from ..crypto.identity import Identity, fingerprint, fingerprint_text, parse_fin
 from ..media.call import CallEngine
 from ..media.codecs import DEFAULT_COMPLEXITY, TierCodec, make_frame_decoder
 from ..net.callrunner import CallRunner
-from ..net.quic import PeerFingerprintMismatch, WzpConnection, connect_wzp, serve_wzp
+from ..net.quic import PeerFingerprintMismatch, connect_wzp, serve_wzp
+from ..proto import signal as sig
 from ..proto.session import EndReason, State
 from .config import Config, Contact
 from .contacts import ContactsError, ContactStore, merge_contacts
 from .control import ControlError, ControlServer
 from .notify import Notifier
+from .relaylink import RelayLink, RelaySettings, RoomChannel
 from .resources import ResourceMonitor
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ class AudioPort(Protocol):
 @dataclass(eq=False)
 class CallInfo:
     runner: CallRunner
-    conn: WzpConnection
+    conn: Any  # a WzpConnection, or a RoomChannel for a call through the relay
     direction: str  # "outgoing" | "incoming"
     peer_name: str | None
     started: float
@@ -186,6 +188,15 @@ class Handset:
         #: what the live call's engine refused or ignored, by kind
         self.ignored: Counter[str] = Counter()
         self.port: int | None = None
+        self.relay: RelayLink | None = None
+        if config.relay_address and config.relay_fingerprint and config.relay_room:
+            host, rport = config.relay_address
+            self.relay = RelayLink(
+                RelaySettings(host, rport, config.relay_fingerprint, config.relay_room),
+                identity,
+                alias=alias,
+                on_offer=self._relay_offer,
+            )
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -198,6 +209,8 @@ class Handset:
         if self._control is not None:
             self._register_control()
             await self._control.start()
+        if self.relay is not None:
+            self.relay.start()
         self._ui_task = asyncio.ensure_future(self._ui_loop())
         log.info(
             "handset ready: %s, listening on port %d, mode %s, gpio %s, audio %s",
@@ -225,6 +238,8 @@ class Handset:
         if self._dial_task is not None:
             self._dial_task.cancel()
         self.audio.stop()
+        if self.relay is not None:
+            await self.relay.stop()
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
@@ -325,12 +340,31 @@ class Handset:
         if not name:
             raise ControlError("no default contact: set call.default_contact or give a name")
         contact = self.resolve(name)
+        if not contact.direct and not self._in_room(contact.fingerprint):
+            raise ControlError(self._room_problem(contact))
         self.dialing = contact.name
-        self._note("dial", f"calling {contact.name} at {contact.address}")
+        how = contact.address if contact.direct else f"room {self._room_name()}"
+        self._note("dial", f"calling {contact.name} at {how}")
         self._dial_task = self._spawn(self._dial(contact))
         return contact.name
 
+    def _room_name(self) -> str:
+        return self.relay.settings.room if self.relay is not None else "-"
+
+    def _in_room(self, fp: bytes) -> bool:
+        return self.relay is not None and self.relay.joined and fp in self.relay.members
+
+    def _room_problem(self, contact: Contact) -> str:
+        if self.relay is None:
+            return f"{contact.name} has no address and no relay is configured ([relay])"
+        if not self.relay.joined:
+            return f"{contact.name} is reached through the relay, which is {self.relay.state}"
+        return f"{contact.name} is not in room {self.relay.settings.room} now"
+
     async def _dial(self, contact: Contact) -> None:
+        if not contact.direct:
+            await self._dial_room(contact)
+            return
         try:
             conn = await connect_wzp(
                 contact.host,
@@ -344,6 +378,11 @@ class Handset:
             self._fail(f"{contact.name} at {contact.address} is not the expected identity")
             return
         except (OSError, ConnectionError, TimeoutError) as exc:
+            if self._in_room(contact.fingerprint):
+                why = exc or "timeout"
+                self._note("dial", f"{contact.address} unreachable ({why}): through the room")
+                await self._dial_room(contact)
+                return
             self.dialing = None
             self._fail(f"cannot reach {contact.name} at {contact.address}: {exc or 'timeout'}")
             return
@@ -357,7 +396,41 @@ class Handset:
         info.runner.dial(contact.fingerprint)
         await self._run_call(info)
 
-    def _new_call(self, conn: WzpConnection, direction: str, name: str | None) -> CallInfo:
+    async def _dial_room(self, contact: Contact) -> None:
+        """A call through the relay room (the contact is a member now)."""
+        assert self.relay is not None
+        ch = self.relay.channel(contact.fingerprint)
+        self.dialing = None
+        info = self._new_call(ch, "outgoing", contact.name, relayed=True)
+        self._bind_slots(info, ch)
+        self.call = info
+        info.runner.dial(contact.fingerprint)
+        await self._run_call(info)
+
+    def _bind_slots(self, info: CallInfo, ch: RoomChannel) -> None:
+        assert self.relay is not None and ch.peer_fingerprint is not None
+        engine = info.runner.engine
+        engine.set_streams(self.relay.slot or 0, self.relay.slot_of(ch.peer_fingerprint))
+        ch.on_slots = engine.set_streams
+
+    def _relay_offer(self, sender: bytes, offer: sig.CallOffer) -> None:
+        """A member of the room calls: ring (or refuse) as for a direct call."""
+        assert self.relay is not None
+        if self.call is not None or self.dialing is not None or self._offering:
+            self.refused["busy"] += 1
+            self._note("refused", f"call from {self._name_of(sender) or _fp_of(sender)}: busy")
+            with contextlib.suppress(Exception):
+                if self.relay.conn is not None:
+                    self.relay.conn.send_message(
+                        sig.Hangup(reason="Busy", call_id=offer.call_id, to=sender.hex())
+                    )
+            return
+        ch = self.relay.channel(sender)
+        self._spawn(self._incoming(ch, offer))
+
+    def _new_call(
+        self, conn: Any, direction: str, name: str | None, relayed: bool = False
+    ) -> CallInfo:
         codecs: list[TierCodec] = []
         caps_complexity = self._caps_complexity()
 
@@ -374,7 +447,10 @@ class Handset:
             alias=self.alias,
             rekey_after_s=self.rekey_after_s,
             seen_calls=self._seen_calls,
-            transport_peer=conn.peer_fingerprint if direction == "incoming" else None,
+            transport_peer=(
+                conn.peer_fingerprint if direction == "incoming" and not relayed else None
+            ),
+            relayed=relayed,
         )
         info: CallInfo | None = None
 
@@ -407,14 +483,21 @@ class Handset:
     def _live_calls(self) -> list[CallInfo]:
         return ([self.call] if self.call is not None else []) + list(self._offering)
 
-    async def _incoming(self, conn: WzpConnection) -> None:
-        info = self._new_call(conn, "incoming", self._name_of(conn.peer_fingerprint))
+    async def _incoming(self, conn: Any, offer: sig.CallOffer | None = None) -> None:
+        relayed = isinstance(conn, RoomChannel)
+        info = self._new_call(
+            conn, "incoming", self._name_of(conn.peer_fingerprint), relayed=relayed
+        )
+        if relayed:
+            self._bind_slots(info, conn)
         # the connection becomes the handset's call once its offer is accepted (it rings);
         # one that offers nothing acceptable is closed after OFFER_WAIT_S
         self._offering.add(info)
         watchdog = asyncio.get_running_loop().call_later(
             OFFER_WAIT_S, lambda: info.runner.stop() if self.call is not info else None
         )
+        if offer is not None and conn.on_message is not None:
+            conn.on_message(offer)  # the offer that came over the room
         try:
             await self._run_call(info)
         finally:
@@ -783,6 +866,7 @@ class Handset:
                 "accept": cfg.accept,
                 "default_contact": cfg.default_contact,
             },
+            "relay": self.relay.status() if self.relay is not None else None,
             "control": None
             if self._control is None
             else {

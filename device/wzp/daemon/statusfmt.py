@@ -119,6 +119,22 @@ def format_status(st: dict[str, Any]) -> str:
             f"accepting {net.get('accept')}, default contact {net.get('default_contact') or '-'}",
         )
     )
+    relay = st.get("relay")
+    if relay:
+        members = ", ".join(
+            f"{m.get('alias') or m.get('fingerprint', '?')[:9]} (slot {m.get('slot')})"
+            for m in relay.get("members") or []
+        )
+        out.append(
+            _line(
+                OK if relay.get("state") == "joined" else BAD,
+                "relay",
+                f"{relay.get('state')} room {relay.get('room')} at {relay.get('address')}"
+                + (f", slot {relay['slot']}" if relay.get("slot") else "")
+                + (f"; members: {members}" if members else "")
+                + (f"; {relay['last_error']}" if relay.get("last_error") else ""),
+            )
+        )
     last = st.get("last_call")
     if last:
         out.append(

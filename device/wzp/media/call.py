@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -98,6 +98,7 @@ class CallEngine:
         rekey_after_s: float | None = None,
         seen_calls: OrderedDict[bytes, None] | None = None,
         transport_peer: bytes | None = None,
+        relayed: bool = False,
     ) -> None:
         self.identity = identity
         self.encoder_factory = encoder_factory
@@ -130,6 +131,12 @@ class CallEngine:
         #: on a direct connection, the fingerprint the peer's certificate proved: an offer
         #: made in another identity's name on it is refused (None: not known, e.g. relay)
         self.transport_peer = transport_peer
+        #: through a relay room (SPEC 8.4): messages go out with ``to`` = the peer, the
+        #: relay's ``from`` says who sent each one, media carries the member's slot as its
+        #: stream byte and only the peer's slot is accepted
+        self.relayed = relayed
+        self.media_stream = 0
+        self.peer_streams: frozenset[int] | None = frozenset({0})
         self._epoch_started = 0.0
         self.rtt_ms = 0.0
 
@@ -155,9 +162,28 @@ class CallEngine:
     def call_id(self) -> bytes | None:
         return self.session.call_id
 
-    def _send(self, msg: sig.Message) -> None:
+    def _send(self, msg: sig.Message, to: bytes | None = None) -> None:
+        peer = to or self.peer_fingerprint
+        if self.relayed and peer is not None and hasattr(msg, "to"):
+            msg = replace(msg, to=peer.hex())  # type: ignore[type-var]
         self.stats.messages_out[type(msg).__name__] += 1
         self._out_msgs.append(msg)
+
+    @property
+    def peer_fingerprint(self) -> bytes | None:
+        """Who this call is with: the dialled fingerprint, or the caller's."""
+        if self._expected_peer is not None:
+            return self._expected_peer
+        return fingerprint(self.peer_identity) if self.peer_identity is not None else None
+
+    def set_streams(self, mine: int, peer: int | None) -> None:
+        """Relay slots (8.3): ours as the stream byte, the peer's as the only one accepted.
+        Called again after a rejoin, when the relay may have handed out new slots."""
+        self.media_stream = mine
+        self.peer_streams = frozenset({peer}) if peer is not None else None
+        if self.media is not None:
+            self.media.sender.stream = mine
+            self.media.receiver.streams_allowed = self.peer_streams
 
     def _event(self, now: float, kind: str, detail: str = "") -> None:
         self.events.append(CallEvent(now, kind, self.session.state, detail))
@@ -262,6 +288,11 @@ class CallEngine:
         name = type(msg).__name__
         self.stats.messages_in[name] += 1
         try:
+            if self.relayed and not isinstance(msg, sig.CallOffer | sig.UnknownMessage):
+                sender = _from_of(msg)
+                peer = self.peer_fingerprint
+                if peer is not None and sender is not None and sender != peer:
+                    raise StaleEvent(f"{name} from another room member")
             handler = _HANDLERS.get(type(msg))
             if handler is None:
                 self._event(now, "error", f"ignored message {getattr(msg, 'name', name)}")
@@ -285,20 +316,23 @@ class CallEngine:
             raise HandshakeError("offer without call_id")
         if self.session.live and call_id != self.session.call_id:
             self.stats.refused["busy"] += 1
-            self._send(sig.Hangup(reason="Busy", call_id=_hex(call_id)))
+            self._send(sig.Hangup(reason="Busy", call_id=_hex(call_id)), to=caller_fp)
             self._event(now, "refused", "busy")
             return
         try:
             verify_offer(msg.identity_pub, msg.ephemeral_pub, msg.signature, self.identity)
         except HandshakeError:
             self.stats.refused["bad-signature"] += 1
-            self._send(sig.Hangup(reason="Error", call_id=_hex(call_id)))
+            self._send(sig.Hangup(reason="Error", call_id=_hex(call_id)), to=caller_fp)
             self._event(now, "refused", "bad signature on CallOffer")
             return
-        if self.transport_peer is not None and caller_fp != self.transport_peer:
+        proven = _from_of(msg) if self.relayed else self.transport_peer
+        if self.relayed and proven is None:
+            raise HandshakeError("relayed CallOffer without the relay's from")
+        if proven is not None and caller_fp != proven:
             # a valid offer of someone else's, replayed or relayed on this connection
             self.stats.refused["identity-mismatch"] += 1
-            self._send(sig.Hangup(reason="Error", call_id=_hex(call_id)))
+            self._send(sig.Hangup(reason="Error", call_id=_hex(call_id)), to=proven)
             self._event(
                 now, "refused", "CallOffer identity does not match the connection's certificate"
             )
@@ -309,7 +343,7 @@ class CallEngine:
             return  # no answer at all: a replay gets nothing to work with
         if not self.accept(caller_fp):
             self.stats.refused["not-allowed"] += 1
-            self._send(sig.Hangup(reason="Declined", call_id=_hex(call_id)))
+            self._send(sig.Hangup(reason="Declined", call_id=_hex(call_id)), to=caller_fp)
             self._event(now, "refused", f"caller {caller_fp.hex()} is not a contact")
             return
         self._seen_calls[call_id] = None
@@ -396,6 +430,8 @@ class CallEngine:
             self._crypto,
             self.ladder,
             tier_for_profile(profile, self.ladder),
+            stream=self.media_stream,
+            streams_allowed=self.peer_streams,
         )
         self.media.rtt_ms = self.rtt_ms
         self._event(now, "state", "in call")
@@ -492,6 +528,16 @@ class CallEngine:
                 due = due or now - self._epoch_started >= self.rekey_after_s
             if due:
                 self.start_rekey(now)
+
+
+def _from_of(msg: object) -> bytes | None:
+    """The ``from`` a relay wrote on a routed message, as a fingerprint (None: absent or
+    malformed)."""
+    frm = getattr(msg, "from_", None)
+    try:
+        return bytes.fromhex(frm) if frm else None
+    except ValueError:
+        return None
 
 
 def _choose_profile(offered: tuple[Profile, ...]) -> Profile:

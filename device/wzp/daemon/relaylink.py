@@ -1,0 +1,276 @@
+"""The handset's membership of a relay room (SPEC 8), and calls through it.
+
+:class:`RelayLink` connects to the configured relay (its certificate pinned to the
+configured fingerprint, the room as the TLS server name), sends the signed ``Join``,
+keeps the room's members and this handset's slot from each ``RoomUpdate``, and
+reconnects with backoff (1, 2, 4 ... 30 s) whenever the connection goes: a relay
+restart or a network change costs a few seconds, never a button press.
+
+A call through the room runs the same :class:`~wzp.net.callrunner.CallRunner` and
+:class:`~wzp.media.call.CallEngine` as a direct call. The runner gets a
+:class:`RoomChannel` instead of a connection: messages go out on the relay connection
+(the engine addresses them ``to`` the peer; the relay writes ``from``), datagrams go out
+with this member's slot as the stream byte, and the channel outlives a reconnection: it
+is bound to each new connection in turn, with the slots of the new ``RoomUpdate``. The
+relay never sees a media key: the call's keys come from the peers' signed offer and
+answer, end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..crypto.handshake import sign_join
+from ..crypto.identity import Identity, fingerprint_text
+from ..net.quic import PeerFingerprintMismatch, WzpConnection, connect_wzp
+from ..proto import signal as sig
+
+log = logging.getLogger(__name__)
+
+JOIN_TIMEOUT_S = 10.0
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    host: str
+    port: int
+    fingerprint: bytes
+    room: str
+
+
+class RoomChannel:
+    """The part of a :class:`WzpConnection` a call runner uses, over the room."""
+
+    def __init__(self, link: RelayLink, peer: bytes) -> None:
+        self.link = link
+        self.peer_fingerprint: bytes | None = peer
+        self.on_datagram: Callable[[bytes], None] | None = None
+        self.on_message: Callable[[Any], None] | None = None
+        self.on_close: Callable[[Any], None] | None = None
+        self.close_reason: str | None = None
+        self.detached = False
+        #: told (my slot, the peer's slot) after every RoomUpdate: a rejoin may change them
+        self.on_slots: Callable[[int, int | None], None] | None = None
+
+    @property
+    def rtt(self) -> float | None:
+        conn = self.link.conn
+        return conn.rtt if conn is not None else None
+
+    def send_datagram(self, data: bytes) -> bool:
+        conn = self.link.conn
+        if conn is None or not self.link.joined:
+            return False  # rejoining: dropped, as on a full send buffer
+        return conn.send_datagram(data)
+
+    def send_message(self, msg: sig.Message) -> int:
+        conn = self.link.conn
+        if conn is None or not self.link.joined:
+            raise ConnectionError("the relay is not connected")
+        return conn.send_message(msg)
+
+    def message_delivered(self, stream_id: int) -> bool:
+        conn = self.link.conn
+        return conn is not None and conn.message_delivered(stream_id)
+
+    async def aclose(self, reason_phrase: str = "", timeout: float = 5.0) -> None:
+        """The call is over: the room connection stays (it is the handset's)."""
+        self.link.detach(self)
+
+
+class RelayLink:
+    def __init__(
+        self,
+        settings: RelaySettings,
+        identity: Identity,
+        *,
+        alias: str | None = None,
+        on_offer: Callable[[bytes, sig.CallOffer], None] | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.alias = alias
+        #: an offer from a member that no current call takes: (sender, offer)
+        self.on_offer = on_offer
+        self.on_change = on_change
+        self.conn: WzpConnection | None = None
+        self.state = "connecting"  # connecting, joined, reconnecting
+        self.slot: int | None = None
+        self.members: dict[bytes, tuple[int, str | None]] = {}  # fingerprint -> slot, alias
+        self.floor: int | None = None
+        self.last_error: str | None = None
+        self.joins = 0
+        self.dropped_messages = 0
+        self.channels: dict[bytes, RoomChannel] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def joined(self) -> bool:
+        return self.state == "joined"
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await self.conn.aclose("leaving")
+
+    def channel(self, peer: bytes) -> RoomChannel:
+        ch = RoomChannel(self, peer)
+        self.channels[peer] = ch
+        return ch
+
+    def detach(self, ch: RoomChannel) -> None:
+        ch.detached = True
+        if self.channels.get(ch.peer_fingerprint or b"") is ch:
+            del self.channels[ch.peer_fingerprint or b""]
+
+    def slot_of(self, peer: bytes) -> int | None:
+        entry = self.members.get(peer)
+        return entry[0] if entry else None
+
+    # -- the connection's life ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            try:
+                await self._session()
+                attempt = 0  # it was up: start the backoff again
+            except (OSError, ConnectionError, TimeoutError, PeerFingerprintMismatch) as exc:
+                self.last_error = f"relay {self.settings.host}:{self.settings.port}: {exc}"
+                log.warning("%s", self.last_error)
+            if self._stopping:
+                return
+            self.state = "reconnecting"
+            self.slot = None
+            self._changed()
+            delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        s = self.settings
+        conn = await connect_wzp(
+            s.host, s.port, self.identity, expected_fingerprint=s.fingerprint, server_name=s.room
+        )
+        self.conn = conn
+        closed = asyncio.Event()
+        joined = asyncio.Event()
+        conn.on_datagram = self._on_datagram
+        conn.on_message = lambda msg: self._on_message(msg, joined)
+        conn.on_close = lambda _c: closed.set()
+        conn.send_message(
+            sig.Join(
+                identity_pub=self.identity.ed25519_pub,
+                room=s.room,
+                signature=sign_join(self.identity, s.fingerprint, s.room),
+                alias=self.alias,
+            )
+        )
+        try:
+            await asyncio.wait_for(joined.wait(), JOIN_TIMEOUT_S)
+        except TimeoutError:
+            conn.close(reason_phrase="no RoomUpdate")
+            raise TimeoutError(self.last_error or "the relay did not answer the Join") from None
+        await closed.wait()
+        self.conn = None
+        raise ConnectionError(conn.close_reason or "connection to the relay closed")
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # -- what the relay sends ----------------------------------------------------------------
+
+    def _on_datagram(self, data: bytes) -> None:
+        # one call at a time: the media of the room goes to it (its receiver keeps only
+        # the peer's slot)
+        for ch in list(self.channels.values()):
+            if ch.on_datagram is not None:
+                ch.on_datagram(data)
+
+    def _on_message(self, msg: Any, joined: asyncio.Event) -> None:
+        if isinstance(msg, sig.RoomUpdate):
+            self._room_update(msg)
+            joined.set()
+            return
+        if isinstance(msg, sig.Floor):
+            self.floor = msg.slot
+            return
+        if isinstance(msg, sig.Error) and getattr(msg, "from_", None) is None:
+            self.last_error = f"relay refused: {msg.code}: {msg.message}"
+            log.warning("%s", self.last_error)
+            return
+        if isinstance(msg, sig.Pong | sig.Ping):
+            return
+        frm = getattr(msg, "from_", None)
+        try:
+            sender = bytes.fromhex(frm) if frm else None
+        except ValueError:
+            sender = None
+        if sender is None:
+            self.dropped_messages += 1
+            return
+        ch = self.channels.get(sender)
+        if ch is not None and ch.on_message is not None:
+            ch.on_message(msg)
+        elif isinstance(msg, sig.CallOffer) and self.on_offer is not None:
+            self.on_offer(sender, msg)
+        else:
+            self.dropped_messages += 1
+
+    def _room_update(self, msg: sig.RoomUpdate) -> None:
+        first = self.state != "joined"
+        self.slot = msg.you
+        self.members = {
+            bytes.fromhex(p.fingerprint): (p.slot, p.alias)
+            for p in msg.participants
+            if p.fingerprint
+        }
+        self.state = "joined"
+        if first:
+            self.joins += 1
+            log.info(
+                "joined room %s on relay %s:%d as slot %d (%d members)",
+                self.settings.room,
+                self.settings.host,
+                self.settings.port,
+                msg.you,
+                len(self.members),
+            )
+        for peer, ch in self.channels.items():
+            if ch.on_slots is not None:
+                ch.on_slots(msg.you, self.slot_of(peer))
+        self._changed()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "address": f"{self.settings.host}:{self.settings.port}",
+            "fingerprint": fingerprint_text(self.settings.fingerprint),
+            "room": self.settings.room,
+            "state": self.state,
+            "slot": self.slot,
+            "members": [
+                {"fingerprint": fingerprint_text(fp), "slot": slot, "alias": alias}
+                for fp, (slot, alias) in sorted(self.members.items(), key=lambda x: x[1][0])
+            ],
+            "floor": self.floor,
+            "joins": self.joins,
+            "last_error": self.last_error,
+        }
