@@ -380,3 +380,66 @@ async def test_dead_upstream_is_counted_not_raised() -> None:
         await _until(lambda: proxy.stats.up.socket_errors > 0, what="an ICMP error")
         assert client.received == []
         _conserved(proxy)
+
+
+async def test_on_fate_reports_each_datagrams_link_decision() -> None:
+    """``on_fate`` sees every offered datagram once, after ``tap``, with the link's decision:
+    exactly the datagrams that the seeded link model drops are reported undelivered."""
+    config, seed, n = LinkConfig(loss=0.4), 99, 600
+    payloads = [i.to_bytes(4, "big") + bytes(20) for i in range(n)]
+    events: list[tuple[str, str, int, bool | None]] = []
+
+    def tap(direction: str, data: bytes) -> None:
+        events.append(("tap", direction, _seq(data), None))
+
+    def on_fate(direction: str, data: bytes, delivered: bool) -> None:
+        events.append(("fate", direction, _seq(data), delivered))
+
+    async with _endpoint(echo=True, local=("127.0.0.1", 0)) as server:
+        assert server.transport is not None
+        server_addr = server.transport.get_extra_info("sockname")[:2]
+        async with (
+            UdpLossyProxy(server_addr, config, seed=seed, tap=tap, on_fate=on_fate) as proxy,
+            _endpoint(echo=False, remote=proxy.address) as client,
+        ):
+            await _pump(proxy, server, client, payloads, burst=50)
+            stats = proxy.stats
+            _conserved(proxy)
+
+    fates = {
+        d: [(s, ok) for kind, dd, s, ok in events if kind == "fate" and dd == d]
+        for d in ("up", "down")
+    }
+    # each fate comes right after the tap of the same datagram
+    for i in range(0, len(events), 2):
+        (k1, d1, s1, _), (k2, d2, s2, _) = events[i], events[i + 1]
+        assert (k1, k2, d1, s1) == ("tap", "fate", d2, s2)
+    at_server = [_seq(p) for p in server.payloads()]
+    at_client = [_seq(p) for p in client.payloads()]
+    assert [s for s, _ in fates["up"]] == list(range(n))
+    assert [s for s, ok in fates["up"] if ok] == at_server
+    assert [s for s, _ in fates["down"]] == at_server
+    assert [s for s, ok in fates["down"] if ok] == at_client
+    # the same decisions as the pure link model, and as the proxy's own counters
+    assert at_server == _simulated_delivery(config, seed, "a->b", list(range(n)))
+    assert sum(not ok for _, ok in fates["up"]) == stats.up.lost == n - len(at_server)
+    assert sum(not ok for _, ok in fates["down"]) == stats.down.lost
+    assert 0 < stats.up.lost < n
+
+
+async def test_on_fate_reports_blackout_drops_as_undelivered() -> None:
+    fates: list[bool] = []
+
+    def on_fate(direction: str, data: bytes, delivered: bool) -> None:
+        if direction == "up":
+            fates.append(delivered)
+
+    async with _setup() as (proxy, server, client):
+        proxy.on_fate = on_fate
+        await _pump(proxy, server, client, [b"a%d" % i for i in range(5)])
+        proxy.blackout(10.0, "up")
+        for i in range(5):
+            client.send(b"b%d" % i)
+        await _until(lambda: len(fates) == 10, what="ten fates")
+        assert fates == [True] * 5 + [False] * 5
+        assert proxy.stats.up.lost_blackout == 5

@@ -206,6 +206,11 @@ class UdpLossyProxy:
 
     Use ``async with UdpLossyProxy(...) as proxy:`` or ``await proxy.start()`` …
     ``proxy.close()``. All methods must be called from the event loop's thread.
+
+    Two optional observers, called synchronously in the event loop: ``tap(direction,
+    data)`` sees each datagram before its link decides its fate, ``on_fate(direction,
+    data, delivered)`` right after (so a caller can count the loss of the datagrams it
+    cares about, not just of all traffic).
     """
 
     def __init__(
@@ -218,10 +223,18 @@ class UdpLossyProxy:
         listen_host: str = "127.0.0.1",
         listen_port: int = 0,
         tap: Callable[[DirectionName, bytes], None] | None = None,
+        on_fate: Callable[[DirectionName, bytes, bool], None] | None = None,
     ) -> None:
         #: sees every datagram entering the proxy, before the link decides its fate (tests
         #: read what is on the wire with it)
         self.tap = tap
+        #: called for every datagram offered to a link, right after the link decided its
+        #: fate: ``on_fate(direction, data, delivered)``. ``delivered`` is False if the link
+        #: dropped it (random or burst loss, queue tail drop, blackout) and True if the
+        #: link scheduled it for delivery (a duplicated datagram is reported once). A
+        #: scheduled datagram can still fail to be written (``send_failed``) or be
+        #: discarded in flight by :meth:`close`; those are counted in the stats, not here.
+        self.on_fate = on_fate
         up_config = config if config is not None else LinkConfig()
         down_config = reverse if reverse is not None else up_config
         try:
@@ -439,7 +452,12 @@ class UdpLossyProxy:
             data = bytes(view[:nbytes])
             if self.tap is not None:
                 self.tap(direction, data)
-            link.send(data, now)
+            if self.on_fate is None:
+                link.send(data, now)
+            else:
+                lost_before = link.stats.lost
+                link.send(data, now)
+                self.on_fate(direction, data, link.stats.lost == lost_before)
         self._schedule(path)
 
     def _schedule(self, path: _Path) -> None:
