@@ -689,8 +689,7 @@ def test_deep_nesting_is_an_error_not_a_crash() -> None:
     deep_contact = "[contacts.a" + ".b" * 14 + "]\n"
     assert errors_of(deep_contact) == [
         "/etc/wzp/wzp.toml line 1: contacts.a.b: unknown key",
-        "/etc/wzp/wzp.toml line 1: contacts.a.fingerprint: missing "
-        "(a contact needs a fingerprint)",
+        "/etc/wzp/wzp.toml line 1: contacts.a.fingerprint: missing (a contact needs a fingerprint)",
     ]
 
 

@@ -116,3 +116,55 @@ class Discard:
 
     def close(self) -> None:
         pass
+
+
+class FileAudio:
+    """The sound card replaced by files (``file:PATH`` audio devices in the config).
+
+    For tests and rehearsals of the whole daemon: the capture file is read only while a
+    call takes audio (so it starts with the call), what is played is written as a 48 kHz
+    WAV when the daemon stops. Either side may be ``None`` (silence in, nothing kept).
+    """
+
+    def __init__(self, capture: Path | None, playback: Path | None) -> None:
+        self.capture = capture
+        self.playback = playback
+        self._source: FileSource | Silence = FileSource(capture) if capture else Silence()
+        self._sink: FileSink | Discard = FileSink(playback) if playback else Discard()
+        self._closed = False
+
+    @property
+    def state(self) -> str:
+        return "ok"
+
+    @property
+    def error(self) -> str | None:
+        return None
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._sink.close()
+
+    def read(self) -> np.ndarray:
+        return self._source.read()
+
+    def write(self, pcm: np.ndarray) -> None:
+        self._sink.write(pcm)
+
+    def drain(self) -> None:
+        pass  # the file waits for the call
+
+    def levels(self) -> dict[str, float]:
+        return {"capture_dbfs": -96.0, "playback_dbfs": -96.0}
+
+    def status_dict(self) -> dict[str, object]:
+        return {
+            "state": "ok",
+            "error": None,
+            "backend": f"files ({self.capture or 'silence'} -> {self.playback or 'nothing'})",
+            **self.levels(),
+        }

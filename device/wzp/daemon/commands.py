@@ -218,7 +218,28 @@ def _refused_boot_file() -> Path | None:
 
 
 def _make_audio(cfg):  # type: ignore[no-untyped-def]
-    return make_audio_device(cfg.audio_capture, cfg.audio_playback)
+    """The sound card, or files for ``file:PATH`` devices (the other side ``null``)."""
+    cap, play = cfg.audio_capture, cfg.audio_playback
+    if cap.startswith("file:") or play.startswith("file:"):
+        from ..audio.files import AudioFileError, FileAudio
+
+        for name, dev in (("capture", cap), ("playback", play)):
+            if not (dev.startswith("file:") or dev == "null"):
+                print(
+                    f"wzp: audio.{name} = {dev!r}: with a file: device the other side must "
+                    'be a file: device or "null"',
+                    file=sys.stderr,
+                )
+                raise SystemExit(EXIT_CONFIG)
+        try:
+            return FileAudio(
+                Path(cap[5:]) if cap.startswith("file:") else None,
+                Path(play[5:]) if play.startswith("file:") else None,
+            )
+        except AudioFileError as exc:
+            print(f"wzp: audio.capture: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
+    return make_audio_device(cap, play)
 
 
 def make_audio_device(capture: str, playback: str):  # type: ignore[no-untyped-def]
