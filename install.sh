@@ -7,6 +7,10 @@
 #   ./install.sh --root DIR            the same, staged under DIR: files are written there with
 #                                      their modes; commands that change the live system are
 #                                      printed as "would run: ..." instead (details below)
+#   sudo ./install.sh --wheel FILE [--offline DIR]
+#                                      the same from a built wheel instead of this checkout,
+#                                      with its dependencies from a folder of wheels (no index):
+#                                      what the first-boot hook of `wzp sdcard prepare` runs
 #   sudo ./install.sh --uninstall [--purge] [--root DIR]
 set -euo pipefail
 
@@ -18,7 +22,10 @@ PYTHON=${PYTHON:-python3}
 # Debian / Raspberry Pi OS packages the project needs at run time and for its tests:
 #   libopus0 (opuslib loads it), libasound2-dev + gcc + python3-dev (pyalsaaudio builds
 #   from source on a Pi), codec2-examples (real speech for the quality benchmark).
-DEV_APT=(libopus0 libasound2-dev gcc codec2-examples python3-dev)
+#   mtools, dosfstools, fdisk, e2fsprogs, cloud-init: `wzp sdcard prepare` writes FAT images
+#   with mtools, and its tests build synthetic cards and check user-data with cloud-init.
+DEV_APT=(libopus0 libasound2-dev gcc codec2-examples python3-dev mtools dosfstools fdisk
+    e2fsprogs cloud-init)
 
 # On the handset: the build needs above plus python3-venv (Debian's python3 lacks ensurepip),
 # python3-lgpio (Raspberry Pi OS archive only: the venv sees it through
@@ -41,7 +48,7 @@ die() { say "error: $*"; exit 1; }
 usage() {
     cat >&2 <<USAGE
 usage: ./install.sh --dev
-       sudo ./install.sh [--root DIR]
+       sudo ./install.sh [--root DIR] [--wheel FILE [--offline DIR]]
        sudo ./install.sh --uninstall [--purge] [--root DIR]
   --dev        make .venv in this checkout with wzp (editable) and the test tools;
                installs missing Debian packages first when run as root
@@ -51,6 +58,9 @@ usage: ./install.sh --dev
                Running it again changes only what differs.
   --root DIR   stage into DIR instead of /: files are written under DIR, commands that
                would change the live system are printed as "would run: ..." lines
+  --wheel FILE install this wzp wheel instead of building this checkout
+  --offline DIR  with --wheel: pip takes every dependency from the wheels in DIR (no index),
+               and a failed apt-get update (no network) is a warning, not an error
   --uninstall  stop and remove the service, $VENV, $ETC/boot.toml and the user wzp;
                keeps $SEED and $ETC/wzp.toml
   --purge      with --uninstall: remove $STATE and $ETC too (the identity is lost)
@@ -123,6 +133,8 @@ dev() {
 
 ROOT=""
 STAGED=0
+WHEEL=""
+WHEELHOUSE=""
 
 R() { printf '%s%s' "$ROOT" "$1"; }
 
@@ -313,7 +325,16 @@ pi_apt() {
     fi
     export DEBIAN_FRONTEND=noninteractive
     # first: a fresh image's package lists may be empty
-    run apt-get update -qq
+    if [ -n "$WHEELHOUSE" ]; then
+        if ! run apt-get update -qq; then
+            # shellcheck disable=SC2086,SC2116
+            say "warning: apt-get update failed (no network?): missing Debian packages: $(echo $missing)"
+            say "         continuing with the wheels in $WHEELHOUSE"
+            return 0
+        fi
+    else
+        run apt-get update -qq
+    fi
     for p in $missing; do
         if [ "$p" = python3-lgpio ] && ! apt_available "$p"; then
             no_lgpio_warning
@@ -385,18 +406,31 @@ pi_venv() {
         run "$PI_PYTHON" -m venv --system-site-packages "$VENV"
     fi
 
-    # pip only when the checkout's sources differ from what was installed last
+    # pip only when the checkout's sources (or the wheel) differ from what was installed last
     if [ "$STAGED" -eq 0 ]; then
         stamp="$vpath/.wzp-install-stamp"
-        want=$(source_files | (cd "$here" && xargs -0 sha256sum) | sha256sum | cut -d' ' -f1)
+        if [ -n "$WHEEL" ]; then
+            want=$(sha256sum <"$WHEEL" | cut -d' ' -f1)
+        else
+            want=$(source_files | (cd "$here" && xargs -0 sha256sum) | sha256sum | cut -d' ' -f1)
+        fi
         if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] &&
             "$vpath/bin/wzp" --version >/dev/null 2>&1; then
             note "wzp package: unchanged"
             return 0
         fi
     fi
-    note "wzp package: installing this checkout into $VENV"
     PKG_CHANGED=1
+    if [ -n "$WHEEL" ]; then
+        local index=()
+        [ -z "$WHEELHOUSE" ] || index=(--no-index --find-links "$WHEELHOUSE")
+        note "wzp package: installing $WHEEL into $VENV${WHEELHOUSE:+ (dependencies from $WHEELHOUSE)}"
+        run "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+            ${index[@]+"${index[@]}"} "$WHEEL" || die "pip could not install $WHEEL into $VENV (see above)"
+        [ "$STAGED" -eq 1 ] || echo "$want" >"$stamp"
+        return 0
+    fi
+    note "wzp package: installing this checkout into $VENV"
     if [ "$STAGED" -eq 1 ]; then
         run "$VENV/bin/python" -m pip install --disable-pip-version-check "$here"
         return 0
@@ -438,6 +472,8 @@ pi_config() {
         [ ! -s "$tmp" ]; then
         if [ -f "$here/device/wzp/daemon/wzp.toml.template" ]; then
             cat "$here/device/wzp/daemon/wzp.toml.template" >"$tmp"
+        elif [ -f "$here/wzp.toml.template" ]; then # a card's wzp/ folder
+            cat "$here/wzp.toml.template" >"$tmp"
         else
             : >"$tmp"
         fi
@@ -635,6 +671,22 @@ set_root() {
     STAGED=1
 }
 
+# set_path --wheel FILE | --offline DIR: absolute, and it must exist
+set_path() {
+    local abs
+    abs=$(cd "$(dirname "$2")" 2>/dev/null && printf '%s/%s' "$(pwd)" "$(basename "$2")") || abs=""
+    if [ "$1" = --wheel ]; then
+        if [ ! -f "$abs" ] || [[ "$abs" != *.whl ]]; then
+            say "--wheel $2: no such wheel file"
+            exit 2
+        fi
+        WHEEL=$abs
+    else
+        [ -d "$abs" ] || { say "--offline $2: no such folder"; exit 2; }
+        WHEELHOUSE=$abs
+    fi
+}
+
 main() {
     local action=install purge=0
     if [ "${1:-}" = --dev ]; then
@@ -653,10 +705,29 @@ main() {
                 shift
                 ;;
             --root=*) set_root "${1#--root=}" ;;
+            --wheel | --offline)
+                if [ $# -lt 2 ] || [ -z "$2" ]; then
+                    say "$1 needs a path"
+                    usage
+                    exit 2
+                fi
+                set_path "$1" "$2"
+                shift
+                ;;
             *) say "unknown option: $1"; usage; exit 2 ;;
         esac
         shift
     done
+    if [ -n "$WHEELHOUSE" ] && [ -z "$WHEEL" ]; then
+        say "--offline goes with --wheel"
+        usage
+        exit 2
+    fi
+    if [ -n "$WHEEL" ] && [ "$action" = uninstall ]; then
+        say "--wheel goes with an install, not --uninstall"
+        usage
+        exit 2
+    fi
     if [ "$purge" -eq 1 ] && [ "$action" != uninstall ]; then
         say "--purge goes with --uninstall"
         usage

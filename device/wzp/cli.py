@@ -159,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .daemon.commands import add_parsers
     from .relay.commands import add_relay_parser
+    from .sdcard.commands import add_sdcard_parser
 
     add_parsers(sub)
     add_relay_parser(sub)
+    add_sdcard_parser(sub)
     return parser
 
 
