@@ -369,11 +369,14 @@ async def test_a_flooding_member_does_not_stop_the_others() -> None:
         elapsed = time.monotonic() - started
         await asyncio.sleep(0.2)
         counters = relay.server.relay.counters
-        assert flooded == 10_000 and elapsed < 1.5
-        # the relay saw (nearly all of) the flood and counted it; the rest was lost in the
-        # flooder's own send queue or the kernel's socket buffers, both outside the relay
+        assert flooded == 10_000 and elapsed < 3.0
+        # the flood really went out (the flooder's own sender drops what its queue cannot
+        # take, more so on a loaded machine), and the relay counted (nearly) all of it; the
+        # rest was lost in the kernel's socket buffers, outside the relay
+        went = flooder.conn.counters.datagrams_sent
         dropped = sum(counters.datagram_drops.values())
-        assert dropped >= 9_000, (counters, flooder.conn.counters)
+        assert went >= 5_000, flooder.conn.counters
+        assert dropped >= 0.9 * went, (counters, flooder.conn.counters)
         delivered = set(listener.got) & set(sent)
         assert len(delivered) >= 0.95 * len(sent), (len(delivered), len(sent), counters)
         assert set(flooder.got) <= set(sent)
