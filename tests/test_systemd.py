@@ -42,7 +42,9 @@ def _system_unit_dir() -> Path:
     pytest.skip("no system unit directory with multi-user.target on this machine")
 
 
-def make_root(base: Path, unit_text: str, daemon: str | None = DAEMON) -> Path:
+def make_root(
+    base: Path, unit_text: str, daemon: str | None = DAEMON, unit_name: str = UNIT_NAME
+) -> Path:
     """A staging root holding the host's units, ``unit_text`` as the unit and the daemon."""
     root = base / "root"
     units = root / "usr" / "lib" / "systemd" / "system"
@@ -52,7 +54,7 @@ def make_root(base: Path, unit_text: str, daemon: str | None = DAEMON) -> Path:
     (root / "lib").symlink_to("usr/lib")
     etc_units = root / "etc" / "systemd" / "system"
     etc_units.mkdir(parents=True)
-    (etc_units / UNIT_NAME).write_text(unit_text)
+    (etc_units / unit_name).write_text(unit_text)
     if daemon is not None:
         exe = root / daemon.lstrip("/")
         exe.parent.mkdir(parents=True)
@@ -65,18 +67,18 @@ def _env() -> dict[str, str]:
     return {**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "LC_ALL": "C.UTF-8"}
 
 
-def verify(root: Path) -> list[str]:
+def verify(root: Path, unit_name: str = UNIT_NAME) -> list[str]:
     """systemd's complaints about the unit (empty = accepted)."""
     assert ANALYZE is not None
     result = subprocess.run(
-        [ANALYZE, "verify", f"--root={root}", "--man=no", UNIT_NAME],
+        [ANALYZE, "verify", f"--root={root}", "--man=no", unit_name],
         capture_output=True,
         text=True,
         env=_env(),
         timeout=60,
     )
     lines = (result.stdout + result.stderr).splitlines()
-    problems = [line for line in lines if "wzp-phone" in line]
+    problems = [line for line in lines if unit_name.removesuffix(".service") in line]
     if result.returncode != 0:
         problems.append(f"systemd-analyze verify exited {result.returncode}: {lines}")
     return problems

@@ -3,13 +3,14 @@ the phone unit, with its helpers), and its sandbox is tight."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.test_systemd import ANALYZE, DAEMON, _env, _system_unit_dir, directives, values
+from tests.test_systemd import ANALYZE, DAEMON, _env, directives, values
+from tests.test_systemd import make_root as _make_root
+from tests.test_systemd import verify as _verify
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 UNIT_NAME = "wzp-relay.service"
@@ -21,35 +22,11 @@ needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is n
 
 def make_root(base: Path, unit_text: str, daemon: str | None = DAEMON) -> Path:
     """A staging root: the host's units, ``unit_text`` as the relay unit, the program."""
-    root = base / "root"
-    units = root / "usr" / "lib" / "systemd" / "system"
-    shutil.copytree(_system_unit_dir(), units, symlinks=True)
-    (root / "lib").symlink_to("usr/lib")
-    etc_units = root / "etc" / "systemd" / "system"
-    etc_units.mkdir(parents=True)
-    (etc_units / UNIT_NAME).write_text(unit_text)
-    if daemon is not None:
-        exe = root / daemon.lstrip("/")
-        exe.parent.mkdir(parents=True)
-        exe.write_text("#!/bin/sh\nexit 0\n")
-        exe.chmod(0o755)
-    return root
+    return _make_root(base, unit_text, daemon, UNIT_NAME)
 
 
 def verify(root: Path) -> list[str]:
-    assert ANALYZE is not None
-    result = subprocess.run(
-        [ANALYZE, "verify", f"--root={root}", "--man=no", UNIT_NAME],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=60,
-    )
-    lines = (result.stdout + result.stderr).splitlines()
-    problems = [line for line in lines if "wzp-relay" in line]
-    if result.returncode != 0:
-        problems.append(f"systemd-analyze verify exited {result.returncode}: {lines}")
-    return problems
+    return _verify(root, UNIT_NAME)
 
 
 @needs_analyze

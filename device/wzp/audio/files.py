@@ -118,7 +118,38 @@ class Discard:
         pass
 
 
-class FileAudio:
+class NoCardPort:
+    """What a sound card port offers the daemon, for ports without a card: always "ok",
+    nothing to start, nothing to drain, no levels measured."""
+
+    @property
+    def state(self) -> str:
+        return "ok"
+
+    @property
+    def error(self) -> str | None:
+        return None
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def drain(self) -> None:
+        pass  # recorded audio waits for the call
+
+    def levels(self) -> dict[str, float]:
+        return {"capture_dbfs": -96.0, "playback_dbfs": -96.0}
+
+    def describe(self) -> str:
+        return "files"
+
+    def status_dict(self) -> dict[str, object]:
+        return {"state": "ok", "error": None, "backend": self.describe(), **self.levels()}
+
+
+class FileAudio(NoCardPort):
     """The sound card replaced by files (``file:PATH`` audio devices in the config).
 
     For tests and rehearsals of the whole daemon: the capture file is read only while a
@@ -133,17 +164,6 @@ class FileAudio:
         self._sink: FileSink | Discard = FileSink(playback) if playback else Discard()
         self._closed = False
 
-    @property
-    def state(self) -> str:
-        return "ok"
-
-    @property
-    def error(self) -> str | None:
-        return None
-
-    def start(self) -> None:
-        pass
-
     def stop(self) -> None:
         if not self._closed:
             self._closed = True
@@ -155,16 +175,5 @@ class FileAudio:
     def write(self, pcm: np.ndarray) -> None:
         self._sink.write(pcm)
 
-    def drain(self) -> None:
-        pass  # the file waits for the call
-
-    def levels(self) -> dict[str, float]:
-        return {"capture_dbfs": -96.0, "playback_dbfs": -96.0}
-
-    def status_dict(self) -> dict[str, object]:
-        return {
-            "state": "ok",
-            "error": None,
-            "backend": f"files ({self.capture or 'silence'} -> {self.playback or 'nothing'})",
-            **self.levels(),
-        }
+    def describe(self) -> str:
+        return f"files ({self.capture or 'silence'} -> {self.playback or 'nothing'})"

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..audio.files import SAMPLE_RATE, read_audio
+from ..audio.files import SAMPLE_RATE, NoCardPort, read_audio
 from ..board.board import Board
 from ..board.profile import load_profile
 from ..crypto.identity import Identity
@@ -43,7 +43,7 @@ SPEECH_B = CODEC2_RAW / "ve9qrp_10s.raw"
 LED_GLYPH = {True: "●", False: "○"}
 
 
-class DemoAudio:
+class DemoAudio(NoCardPort):
     """A handset's "sound card" in the demo: recorded speech when told to speak, a WAV out."""
 
     def __init__(self, speech: np.ndarray) -> None:
@@ -51,20 +51,6 @@ class DemoAudio:
         self._pos: int | None = None
         self.heard: list[np.ndarray] = []
         self.spoke_at_sample: int | None = None  # index into ``heard`` of the other side
-
-    @property
-    def state(self) -> str:
-        return "ok"
-
-    @property
-    def error(self) -> str | None:
-        return None
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
     def speak(self) -> None:
         self._pos = 0
@@ -82,17 +68,11 @@ class DemoAudio:
     def write(self, pcm: np.ndarray) -> None:
         self.heard.append(np.asarray(pcm, dtype=np.int16))
 
-    def drain(self) -> None:
-        pass
+    def describe(self) -> str:
+        return "files (demo)"
 
     def heard_samples(self) -> np.ndarray:
         return np.concatenate(self.heard) if self.heard else np.zeros(0, dtype=np.int16)
-
-    def levels(self) -> dict[str, float]:
-        return {"capture_dbfs": -96.0, "playback_dbfs": -96.0}
-
-    def status_dict(self) -> dict[str, Any]:
-        return {"state": "ok", "error": None, "backend": "files (demo)", **self.levels()}
 
 
 def _press(board: Board, factory: Any, role: str, hold_s: float) -> Callable[[], Any]:
