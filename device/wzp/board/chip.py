@@ -119,21 +119,26 @@ def choose_header_chip(chips: list[ChipInfo], override: int | None = None) -> Ch
     return candidates[0]
 
 
+def lgpio_error(exc: BaseException) -> GpioError:
+    """A clear error for a failed import of lgpio (directly or through gpiozero)."""
+    if isinstance(exc, ImportError):
+        return GpioError(
+            f"the lgpio Python binding is not installed ({exc}); on Raspberry Pi OS: "
+            "sudo apt install python3-lgpio (the venv must see system site-packages)"
+        )
+    return GpioError(
+        f"importing lgpio failed ({exc}): it creates a notification pipe .lgd-nfy* in "
+        f"the working directory ({os.getcwd()}), which must be writable"
+    )
+
+
 def import_lgpio() -> Any:
     """The lgpio module, imported here only: importing it creates a notification pipe
     ``.lgd-nfy*`` in the working directory. Its failures become :class:`GpioError`."""
     try:
         import lgpio
-    except ImportError as exc:
-        raise GpioError(
-            f"the lgpio Python binding is not installed ({exc}); on Raspberry Pi OS: "
-            "sudo apt install python3-lgpio (the venv must see system site-packages)"
-        ) from None
-    except OSError as exc:
-        raise GpioError(
-            f"importing lgpio failed ({exc}): it creates a notification pipe .lgd-nfy* in "
-            f"the working directory ({os.getcwd()}), which must be writable"
-        ) from None
+    except (ImportError, OSError) as exc:
+        raise lgpio_error(exc) from None
     return lgpio
 
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .chip import ChipInfo, GpioError, choose_header_chip, import_lgpio, list_chips
+from .chip import ChipInfo, GpioError, choose_header_chip, lgpio_error, list_chips
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,10 @@ def _mock_factory() -> tuple[Any, str]:
 def _lgpio_factory(
     chip: int | None, lister: Callable[..., list[ChipInfo]]
 ) -> tuple[Any, ChipInfo, str]:
-    import_lgpio()  # a missing binding or an unwritable cwd: a clear GpioError
     try:
-        from gpiozero.pins.lgpio import LGPIOFactory
-    except ImportError as exc:
-        raise GpioError(f"gpiozero has no lgpio pin factory ({exc}): need gpiozero >= 2") from None
+        from gpiozero.pins.lgpio import LGPIOFactory  # imports lgpio (its pipe in the cwd)
+    except (ImportError, OSError) as exc:
+        raise lgpio_error(exc) from None
 
     errors: list[str] = []
     chips = lister(errors=errors)
