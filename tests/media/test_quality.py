@@ -107,6 +107,33 @@ def test_controller_moves_down_fast_and_up_slowly() -> None:
     assert steps.index("dense") >= 5
 
 
+def test_a_tier_one_bursty_report_forced_is_undone_when_the_next_reports_disagree() -> None:
+    """Bursty loss (mean burst 3) at 30 %: one early 3 s window read 57 %, which sent the
+    sender to Codec2 for many seconds (each step back up takes 16 reports)."""
+    c = QualityController(LADDER)
+    t = 0.0
+    for _ in range(4):
+        t += 0.5
+        c.on_report(_report(0), t)
+    t += 0.5
+    assert c.on_report(_report(57), t).name == "extreme"
+    assert c.on_report(_report(57), t + 0.05).name == "extreme"  # a copy: no confirmation
+    names = []
+    for loss in (44, 41, 41):
+        t += 0.5
+        names.append(c.on_report(_report(loss), t).name)
+    assert names == ["extreme", "extreme", "dense"]  # where the three reports' mean points
+
+
+def test_a_forced_tier_that_later_reports_confirm_stays() -> None:
+    c = QualityController(LADDER)
+    t = 0.0
+    c.on_report(_report(0), t)
+    for loss in (60, 60, 57, 44, 41, 40, 40, 40):  # the first report after it confirms it
+        t += 0.5
+        assert c.on_report(_report(loss), t).name == "extreme"
+
+
 def test_controller_does_not_flap_near_a_threshold() -> None:
     c = QualityController(LADDER)
     rng = random.Random(7)

@@ -11,6 +11,11 @@ numbers are written as they come out: nothing here adapts to the targets.
 A few seconds of the same speech run first so the controller has reached the tier
 the link calls for; everything reported (audio scores, residual loss, delay, wire
 rate, tiers) is measured on the speech after that warm-up.
+
+One 10.8 s recording meets only ~18 loss bursts, so one loss pattern decides too
+much: every point (each model, loss and system) runs with ``SEEDS`` loss patterns
+(seeds ``seed`` .. ``seed + SEEDS - 1``). ``points`` holds the mean of the seeds'
+numbers and, under ``per_seed``, each seed's; the targets are checked on the means.
 """
 
 from __future__ import annotations
@@ -38,6 +43,22 @@ LOSSES = (0, 5, 10, 20, 30, 40, 50, 60, 70)
 MODELS = (("random", 1.0), ("bursty", 3.0))
 ONE_WAY_DELAY_S = 0.300
 WARMUP_S = 6.0
+#: loss patterns (seeds) per point; the targets are checked on their mean
+SEEDS = 3
+#: the numbers of a point that are averaged over its seeds
+AVERAGED = (
+    "pesq",
+    "pesq_wb",
+    "pesq_nb",
+    "stoi",
+    "residual_loss",
+    "residual_plc_only",
+    "delay_added_ms_p50",
+    "delay_added_ms_p95",
+    "wire_kbps_fwd",
+    "wire_kbps_rev",
+    "link_loss_measured",
+)
 SAMPLE_RATE = 48_000
 
 #: the two baselines: one tier each, no RaptorQ repair (ratio 0, K = 1), Opus at
@@ -185,6 +206,7 @@ def run_quality(
     models: tuple[tuple[str, float], ...] = MODELS,
     systems: tuple[str, ...] = ("wzp", *BASELINES),
     log: Callable[[str], None] = print,
+    seeds: int = SEEDS,
 ) -> dict[str, Any]:
     codecs = codecs or default_codecs()
     base_codecs = baseline_codecs()
@@ -202,44 +224,37 @@ def run_quality(
     for model, burst in models:
         for loss in losses:
             for system in systems:
-                ladder = LADDER if system == "wzp" else BASELINES[system]
-                sys_codecs = codecs if system == "wzp" else base_codecs
-                link = LinkConfig(
-                    loss=loss / 100, burst=burst if loss else 1.0, delay_s=ONE_WAY_DELAY_S
-                )
-                result = simulate_call(
-                    signal,
-                    ladder=ladder,
-                    encoder_factory=sys_codecs.encoder_factory,
-                    decoder_factory=sys_codecs.decoder_factory,
-                    link=link,
-                    seed=derive_seed(seed, f"{model}-{loss}"),
-                    measure_from_s=WARMUP_S,
-                )
-                metrics, aligned = _measure(result, raw, rate, start_ms, speech_ms)
-                dominant = max(metrics["tiers_used"], key=metrics["tiers_used"].get, default="")
-                codec2 = any(
-                    t.name == dominant and not t.codec.name.startswith("Opus") for t in ladder
-                )
-                metrics["pesq_mode"] = "nb" if codec2 else "wb"
-                metrics["pesq"] = metrics["pesq_nb"] if codec2 else metrics["pesq_wb"]
-                point = {"model": model, "loss_pct": loss, "system": system, **metrics}
-                points.append(point)
-                log(
-                    f"{model:7s} {loss:2d}% {system:19s} pesq {point['pesq']} "
-                    f"({point['pesq_mode']}) stoi {point['stoi']} residual "
-                    f"{point['residual_loss']:.3f} delay p95 {point['delay_added_ms_p95']} ms "
-                    f"wire {point['wire_kbps_fwd']} kbps tiers {point['tiers_used']} "
-                    f"steps {point['delay_steps_ms']}"
-                )
+                runs = [
+                    _run_point(
+                        signal, raw, rate, start_ms, speech_ms, model, burst, loss, system,
+                        seed + n, codecs, base_codecs,
+                    )
+                    for n in range(seeds)
+                ]  # fmt: skip
+                for n, (point, _) in enumerate(runs):
+                    log(
+                        f"{model:7s} {loss:2d}% {system:19s} seed {seed + n} pesq "
+                        f"{point['pesq']} ({point['pesq_mode']}) stoi {point['stoi']} residual "
+                        f"{point['residual_loss']:.3f} delay p95 {point['delay_added_ms_p95']} "
+                        f"ms wire {point['wire_kbps_fwd']} kbps tiers {point['tiers_used']} "
+                        f"steps {point['delay_steps_ms']}"
+                    )
+                points.append(_mean_point(model, loss, system, [p for p, _ in runs]))
                 if keep_audio:
-                    write_wav(keep_audio / f"{system}-{model}-{loss:02d}.wav", aligned, 16_000)
+                    write_wav(keep_audio / f"{system}-{model}-{loss:02d}.wav", runs[0][1], 16_000)
     report = {
         "benchmark": "wzp bench quality",
         "settings": {
             "speech": str(speech or DEFAULT_SPEECH),
             "speech_seconds": round(len(raw) / rate, 2),
             "seed": seed,
+            "seeds": [seed + n for n in range(seeds)],
+            "averaged": "each point runs once per seed (its own loss pattern, link seed "
+            "derived from the seed, model and loss); the point's "
+            + ", ".join(AVERAGED)
+            + " are the mean over the seeds (PESQ of a seed whose dominant tier is Codec2 "
+            "is its PESQ-NB, as pesq_mode says per seed), per_seed lists each seed's; "
+            "every target is checked on the means",
             "one_way_delay_ms": ONE_WAY_DELAY_S * 1000,
             "warmup_s": WARMUP_S,
             "losses_pct": list(losses),
@@ -270,6 +285,59 @@ def run_quality(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _run_point(
+    signal: np.ndarray,
+    raw: np.ndarray,
+    rate: int,
+    start_ms: int,
+    speech_ms: int,
+    model: str,
+    burst: float,
+    loss: int,
+    system: str,
+    seed: int,
+    codecs: Codecs,
+    base_codecs: Codecs,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One call over one seeded loss pattern, measured."""
+    ladder = LADDER if system == "wzp" else BASELINES[system]
+    sys_codecs = codecs if system == "wzp" else base_codecs
+    link = LinkConfig(loss=loss / 100, burst=burst if loss else 1.0, delay_s=ONE_WAY_DELAY_S)
+    result = simulate_call(
+        signal,
+        ladder=ladder,
+        encoder_factory=sys_codecs.encoder_factory,
+        decoder_factory=sys_codecs.decoder_factory,
+        link=link,
+        seed=derive_seed(seed, f"{model}-{loss}"),
+        measure_from_s=WARMUP_S,
+    )
+    metrics, aligned = _measure(result, raw, rate, start_ms, speech_ms)
+    dominant = max(metrics["tiers_used"], key=metrics["tiers_used"].get, default="")
+    codec2 = any(t.name == dominant and not t.codec.name.startswith("Opus") for t in ladder)
+    metrics["pesq_mode"] = "nb" if codec2 else "wb"
+    metrics["pesq"] = metrics["pesq_nb"] if codec2 else metrics["pesq_wb"]
+    return {"seed": seed, **metrics}, aligned
+
+
+def _mean_point(model: str, loss: int, system: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A point over several seeds: the mean of each averaged number, and every seed's."""
+    point: dict[str, Any] = {"model": model, "loss_pct": loss, "system": system}
+    for key in AVERAGED:
+        vals = [r[key] for r in runs if r[key] is not None]
+        point[key] = round(sum(vals) / len(vals), 4) if len(vals) == len(runs) else None
+    modes = {r["pesq_mode"] for r in runs}
+    point["pesq_mode"] = modes.pop() if len(modes) == 1 else "mixed"
+    tiers: dict[str, int] = {}
+    for r in runs:
+        for name, n in r["tiers_used"].items():
+            tiers[name] = tiers.get(name, 0) + n
+    point["tiers_used"] = tiers
+    point["recommendations"] = sum(r["recommendations"] for r in runs)
+    point["per_seed"] = runs
+    return point
 
 
 def _get(points: list[dict[str, Any]], model: str, loss: int, system: str) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ the device cannot afford are forbidden from outside.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import comb
 
 from ..proto.header import QualityReport
@@ -92,6 +92,14 @@ class JitterMeter:
 
 #: a single report this far above the current tier's limit is a collapse, not noise
 COLLAPSE_MARGIN = 0.20
+#: a tier a single collapse report forced is left again when this many reports in a
+#: row (the first report's window and two more) fall under its ``down_loss``: under
+#: bursty loss one 3 s window can show twice the link's mean loss
+UNDO_REPORTS = 3
+#: a report this soon after the one that forced a tier, with the same loss, is a copy
+#: of it (each report rides on up to ``REPORT_COPIES`` packets), not a confirmation
+COPY_S = 0.3
+REPORT_COPIES = 3
 
 
 @dataclass
@@ -102,6 +110,12 @@ class ControllerState:
     high_reports: int = 0
     reports: int = 0
     changes: int = 0
+    #: the tier a single collapse report forced, until a later report confirms it
+    forced: Tier | None = None
+    #: losses of the reports since, all under ``forced.down_loss``
+    since_forced: list[float] = field(default_factory=list)
+    forced_by: tuple[float, float] = (0.0, float("-inf"))  # (loss, time) of that report
+    copies: int = 0  # copies of that report seen since
 
 
 class QualityController:
@@ -112,6 +126,11 @@ class QualityController:
       and goes only when the link has really improved. Moving down takes
       ``confirm_reports`` consecutive reports over the limit, except that a report
       more than ``COLLAPSE_MARGIN`` above it moves at once, as far as it calls for.
+      A tier such a single report forced is only provisional: if the next
+      ``UNDO_REPORTS`` reports (its own copies aside) all fall under the tier's
+      ``down_loss``, the controller goes straight to the tier their mean calls for
+      (bursty loss can show one 3 s window at twice the link's mean); one report at
+      or over ``down_loss`` confirms it, and the usual slow climb applies.
     * Down the ladder (more protection) as soon as smoothed loss exceeds
       ``up_loss``; up again only after ``recover_reports`` consecutive reports with
       smoothed loss under the lower tier's ``down_loss``.
@@ -211,27 +230,59 @@ class QualityController:
         i = self._index(st.tier)
         top = len(self.ladder) - 1
         wanted = i
-        if i < top and loss > self.ladder[i].up_loss + COLLAPSE_MARGIN:
+        collapse = i < top and loss > self.ladder[i].up_loss + COLLAPSE_MARGIN
+        copy = (
+            loss == st.forced_by[0]
+            and now - st.forced_by[1] < COPY_S
+            and st.copies < REPORT_COPIES - 1
+        )
+        if copy:
+            st.copies += 1
+        if (
+            st.forced is not None
+            and not copy
+            and (st.forced is not st.tier or collapse or loss >= st.tier.down_loss)
+        ):
+            st.forced, st.since_forced = None, []  # confirmed, or left anyway
+        if collapse:
             # a collapse: straight to the tier whose range holds this report's loss
             while wanted < top and loss > self.ladder[wanted].up_loss:
                 wanted += 1
             st.smoothed_loss = max(st.smoothed_loss, loss)
-        elif i < top and st.smoothed_loss > self.ladder[i].up_loss:
-            st.high_reports += 1
-            if st.high_reports >= self.confirm_reports:
-                while wanted < top and st.smoothed_loss > self.ladder[wanted].up_loss:
-                    wanted += 1
-        else:
-            st.high_reports = 0
-        if wanted > i:
             st.good_reports = st.high_reports = 0
-        elif i > 0 and st.smoothed_loss < st.tier.down_loss:
-            st.good_reports += 1
-            if st.good_reports >= self.recover_reports:
-                wanted = i - 1
-                st.good_reports = 0
+            st.forced, st.since_forced = self._settle(wanted), []
+            st.forced_by, st.copies = (loss, now), 0
+        elif st.forced is not None and copy:
+            pass
+        elif st.forced is not None:
+            # a tier one report forced, and every report since under its limit: after
+            # UNDO_REPORTS of them, go where their mean points (never further down)
+            st.since_forced.append(loss)
+            if len(st.since_forced) >= UNDO_REPORTS:
+                mean = sum(st.since_forced) / len(st.since_forced)
+                wanted = 0
+                while wanted < i and mean > self.ladder[wanted].up_loss:
+                    wanted += 1
+                st.smoothed_loss = mean
+                st.good_reports = st.high_reports = 0
+                st.forced, st.since_forced = None, []
         else:
-            st.good_reports = 0
+            if i < top and st.smoothed_loss > self.ladder[i].up_loss:
+                st.high_reports += 1
+                if st.high_reports >= self.confirm_reports:
+                    while wanted < top and st.smoothed_loss > self.ladder[wanted].up_loss:
+                        wanted += 1
+            else:
+                st.high_reports = 0
+            if wanted > i:
+                st.good_reports = st.high_reports = 0
+            elif i > 0 and st.smoothed_loss < st.tier.down_loss:
+                st.good_reports += 1
+                if st.good_reports >= self.recover_reports:
+                    wanted = i - 1
+                    st.good_reports = 0
+            else:
+                st.good_reports = 0
         if now < self._floor_until:
             wanted = max(wanted, self._floor)
         new = self._settle(wanted)
