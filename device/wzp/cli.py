@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, required=True, help="JSON results file")
     c.add_argument("--speech", type=Path, help="8 or 16 kHz mono WAV, or raw s16 at 8 kHz")
     c.set_defaults(func=_cmd_bench_cpu)
+    r = bsub.add_parser(
+        "relay", help="concurrent two-member calls through a relay process: CPU, added latency"
+    )
+    r.add_argument("--out", type=Path, required=True, help="JSON results file")
+    r.add_argument("--seed", type=int, default=1)
+    r.set_defaults(func=_cmd_bench_relay)
 
     from .daemon.commands import add_parsers
     from .relay.commands import add_relay_parser
@@ -404,6 +410,15 @@ def _cmd_bench_transport(args: argparse.Namespace) -> int:
 
     run_transport(args.out, args.seed, log=_bench_log)
     print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_bench_relay(args: argparse.Namespace) -> int:
+    from .bench.relay import run_relay_bench
+
+    report = run_relay_bench(args.out, args.seed, log=_bench_log)
+    met = "met" if report["target_met"] else "NOT met"
+    print(f"wrote {args.out}: 20-call target {met}; contended points {report['contended_points']}")
     return 0
 
 

@@ -35,6 +35,7 @@ def test_empty_file_gives_the_defaults() -> None:
     assert cfg.identity == DEFAULT_IDENTITY == Path("/var/lib/wzp-relay/identity.seed")
     assert cfg.control_socket == DEFAULT_CONTROL_SOCKET
     assert cfg.open_rooms is False and dict(cfg.rooms) == {}
+    assert cfg.metrics is None and cfg.max_pending == 64
 
 
 def test_full_config() -> None:
@@ -44,6 +45,8 @@ port = 5000
 identity = "/srv/relay/id.seed"
 control_socket = "/run/r/c.sock"
 open_rooms = true
+max_pending = 10
+metrics = "127.0.0.1:9464"
 
 [rooms.porch]
 allow = ["{FP_A.hex()}", "{Identity.from_seed(bytes([2]) * 32).fingerprint_text}"]
@@ -58,6 +61,7 @@ allow = "open"
     assert cfg.identity == Path("/srv/relay/id.seed")
     assert cfg.control_socket == Path("/run/r/c.sock")
     assert cfg.open_rooms is True
+    assert cfg.max_pending == 10 and cfg.metrics == ("127.0.0.1", 9464)
     porch = cfg.rooms["porch"]
     assert porch.allow == frozenset({FP_A, FP_B})
     assert porch.max_members == 3 and porch.push_to_talk
@@ -76,6 +80,10 @@ allow = "open"
         ('identity = "relative/seed"', 1, "identity", "absolute path"),
         (f'control_socket = "/{"x" * 120}"', 1, "control_socket", "too long"),
         ('open_rooms = "yes"', 1, "open_rooms", "true or false"),
+        ("max_pending = 0", 1, "max_pending", "1..65535"),
+        ("max_pending = true", 1, "max_pending", "1..65535"),
+        ('max_pending = "64"', 1, "max_pending", "1..65535"),
+        ("metric = 1", 1, "metric", "did you mean metrics?"),
         ("prot = 1", 1, "prot", "did you mean port?"),
         ('allow = "open"', 1, "allow", "[rooms.NAME]"),
         ("rooms = 3", 1, "rooms", "[rooms.NAME]"),
@@ -126,6 +134,9 @@ def test_load_and_check_config(tmp_path: Path) -> None:
     assert load_config(path).source == path
     summary = check_config(path)
     assert "configuration OK" in summary and "porch" in summary and "127.0.0.1:4433" in summary
+    assert summary.endswith("metrics off")
+    path.write_text('metrics = "[::1]:9464"\n')
+    assert check_config(path).endswith("metrics http://[::1]:9464/metrics")
     with pytest.raises(ConfigErrors, match="cannot read"):
         load_config(tmp_path / "missing.toml")
     path.write_bytes(b"port = 1\xff")

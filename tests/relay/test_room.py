@@ -250,6 +250,30 @@ def test_silent_connection_is_closed_after_ten_seconds() -> None:
     assert relay.tick(1000.0) == []
 
 
+def test_connections_beyond_max_pending_are_refused_busy() -> None:
+    relay = Relay(RELAY.fingerprint, {"porch": RoomPolicy()}, max_pending=2)
+    assert relay.connect("a", "porch", 0.0, ALICE.fingerprint) == []
+    assert relay.connect("b", "porch", 0.0, BOB.fingerprint) == []
+    actions = relay.connect("c", "porch", 0.0, CAROL.fingerprint)
+    assert [m.code for m in sends(actions, "c")] == ["busy"] and closes(actions) == ["c"]
+    assert relay.pending == 2 and not relay.is_pending("c")
+    assert relay.counters.joins_refused == {"busy": 1}
+    # a join frees a place: the next connection waits for its Join again
+    assert isinstance(sends(relay.on_message("a", join_msg(ALICE, "porch"), 0.0))[0], RoomUpdate)
+    assert relay.pending == 1
+    assert relay.connect("c2", "porch", 0.0, CAROL.fingerprint) == []
+    assert relay.on_message("c2", join_msg(CAROL, "porch"), 0.0) != []
+    assert relay.member("c2") is not None
+    # so does the join timeout
+    assert relay.connect("d", "porch", 0.0) == []
+    assert sends(relay.connect("e", "porch", 0.0))[0].code == "busy"
+    relay.tick(JOIN_TIMEOUT_S)
+    assert relay.pending == 0 and relay.connect("e2", "porch", 20.0) == []
+    assert relay.counters.joins_refused == {"busy": 2}
+    with pytest.raises(ValueError):
+        Relay(RELAY.fingerprint, max_pending=0)
+
+
 def test_connect_twice_is_a_programming_error() -> None:
     relay = porch()
     relay.connect("a", "porch", 0.0)
@@ -276,6 +300,32 @@ def test_datagrams_go_unchanged_to_every_other_member() -> None:
     assert member is not None and member.packets == 1 and member.bytes == len(data)
 
 
+def test_the_last_forwarded_report_is_kept_per_member() -> None:
+    relay = porch()
+    seat(relay, "a", ALICE)
+    seat(relay, "b", BOB)
+    report = QualityReport.from_measured(30.0, 600, 12, 16)
+    header = MediaHeader(codec=1, seq=1, ts=20, stream=1, has_report=True)
+    with_report = build_datagram(header, bytes(40), report)
+    assert isinstance(relay.on_datagram("a", with_report, 5.0), Forward)
+    assert isinstance(relay.on_datagram("a", packet(1, seq=2), 6.0), Forward)  # no report
+    a = relay.member("a")
+    assert a is not None and a.report == report and a.report_at == 5.0
+    # a dropped packet's report is not taken
+    stray = build_datagram(
+        MediaHeader(codec=1, seq=3, stream=2, has_report=True), bytes(40), QualityReport(255)
+    )
+    assert relay.on_datagram("a", stray, 7.0) == Dropped("wrong-stream")
+    assert a.report == report
+    assert relay.member("b").report is None  # type: ignore[union-attr]
+    assert relay.status()["rooms"]["porch"]["members"][0]["report"] == {
+        "loss_percent": 29.8,
+        "rtt_ms": 600,
+        "jitter_ms": 12,
+        "cap_kbps": 16,
+    }
+
+
 def test_datagram_drops_are_counted_by_reason() -> None:
     relay = porch()
     relay.connect("p", "porch", 0.0)  # connected, not joined yet
@@ -294,6 +344,10 @@ def test_datagram_drops_are_counted_by_reason() -> None:
     for conn, data, reason in cases:
         assert relay.on_datagram(conn, data, 1.0) == Dropped(reason)
     assert relay.counters.datagram_drops == {"not-a-member": 2, "malformed": 4, "wrong-stream": 2}
+    assert relay.counters.datagram_drop_bytes == {
+        reason: sum(len(d) for _, d, r in cases if r == reason)
+        for reason in ("not-a-member", "malformed", "wrong-stream")
+    }
     assert relay.counters.datagrams_forwarded == 0
     assert relay.member("a").dropped == 6  # type: ignore[union-attr]
 

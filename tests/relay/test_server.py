@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,10 +106,13 @@ def join_for(ident: Identity, relay: Identity, room: str, alias: str | None = No
 
 @contextlib.asynccontextmanager
 async def running_relay(
-    rooms: Mapping[str, RoomPolicy], *, clock: Callable[[], float] = time.monotonic
+    rooms: Mapping[str, RoomPolicy],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    **config_values: Any,
 ) -> AsyncIterator[Relay]:
     ident = Identity.generate()
-    config = RelayConfig(listen=(HOST,), port=0, rooms=rooms)
+    config = RelayConfig(listen=(HOST,), port=0, rooms=rooms, **config_values)
     server = RelayServer(config, ident, clock=clock, control=False)
     await server.start()
     relay = Relay(server, ident)
@@ -253,6 +257,23 @@ async def test_a_silent_connection_is_closed_after_the_join_timeout() -> None:
         assert isinstance(error, Error) and error.code == "join-timeout"
         await asyncio.wait_for(m.conn.wait_closed(), TIMEOUT)
         assert relay.server.relay.counters.closed_before_join == {"join-timeout": 1}
+
+
+async def test_connections_beyond_max_pending_get_busy_and_are_closed() -> None:
+    async with running_relay({"porch": RoomPolicy()}, max_pending=2) as relay:
+        waiting = [await relay.connect("porch") for _ in range(2)]
+        await until(lambda: relay.server.relay.pending == 2)
+        extra = await relay.connect("porch")
+        error = await extra.msg()
+        assert isinstance(error, Error) and error.code == "busy"
+        await asyncio.wait_for(extra.conn.wait_closed(), TIMEOUT)
+        assert relay.server.relay.counters.joins_refused == {"busy": 1}
+        assert all(m.conn.is_connected for m in waiting)
+        # once one of them joins, a newcomer gets in
+        waiting[0].conn.send_message(join_for(waiting[0].ident, relay.ident, "porch"))
+        assert isinstance(await waiting[0].msg(), RoomUpdate)
+        newcomer = await relay.join("porch")
+        assert newcomer.slot == 2
 
 
 async def test_joining_again_closes_the_old_connection() -> None:
@@ -430,6 +451,7 @@ async def test_run_relay_with_control_socket_status(capsys: pytest.CaptureFixtur
                 "packets": 0,
                 "bytes": 0,
                 "dropped": 0,
+                "report": None,
             }
         ]
         assert status["counters"]["joins"] == 1

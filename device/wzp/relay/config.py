@@ -6,19 +6,27 @@ Example::
     port = 4433
     identity = "/var/lib/wzp-relay/identity.seed"
     control_socket = "/run/wzp-relay/control.sock"
+    metrics = ""                      # Prometheus /metrics at "IP:PORT", e.g.
+                                      # "127.0.0.1:9464" or "[::1]:9464"; "" = off
     open_rooms = false                # true: a Join for an unknown room creates it (open,
                                       # 8 members, no push-to-talk); removed when empty
+    max_pending = 64                  # connections not joined yet, at most; more are
+                                      # refused with Error "busy" (counted)
 
     [rooms.porch]
     allow = ["0123:4567:89ab:cdef:0123:4567:89ab:cdef", "..."]   # or allow = "open"
     max_members = 8
     push_to_talk = false
 
-Every top-level key is optional (defaults above). In ``[rooms.NAME]``, NAME follows SPEC
-8.1 (1-63 characters of a-z, 0-9 and -), ``allow`` is required (a list of fingerprints, with
-or without colons, or ``"open"``), ``max_members`` is 1..255 (default 8), ``push_to_talk``
-a boolean (default false). Every problem is reported at once, each naming the file, the
-line and the key (:class:`wzp.daemon.config.ConfigErrors`).
+Every top-level key is optional (defaults above). ``metrics`` is off by default: the
+metrics name rooms and member fingerprints, so the operator chooses where they are
+served (a loopback address for a local Prometheus or an SSH tunnel).
+
+In ``[rooms.NAME]``, NAME follows SPEC 8.1 (1-63 characters of a-z, 0-9 and -), ``allow``
+is required (a list of fingerprints, with or without colons, or ``"open"``),
+``max_members`` is 1..255 (default 8), ``push_to_talk`` a boolean (default false). Every
+problem is reported at once, each naming the file, the line and the key
+(:class:`wzp.daemon.config.ConfigErrors`).
 """
 
 from __future__ import annotations
@@ -42,7 +50,13 @@ from wzp.daemon.config import (
     key_lines,
 )
 
-from .room import DEFAULT_MAX_MEMBERS, MAX_SLOT, RoomPolicy, valid_room_name
+from .room import (
+    DEFAULT_MAX_MEMBERS,
+    DEFAULT_MAX_PENDING,
+    MAX_SLOT,
+    RoomPolicy,
+    valid_room_name,
+)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -69,7 +83,17 @@ DEFAULT_CONTROL_SOCKET = Path("/run/wzp-relay/control.sock")
 EXIT_CONFIG = 78
 UNIX_SOCKET_MAX = 107  # sun_path holds 108 bytes including the final NUL
 
-TOP_KEYS = ("listen", "port", "identity", "control_socket", "open_rooms", "rooms")
+TOP_KEYS = (
+    "listen",
+    "port",
+    "identity",
+    "control_socket",
+    "metrics",
+    "open_rooms",
+    "max_pending",
+    "rooms",
+)
+MAX_PENDING_LIMIT = 65535
 ROOM_KEYS = ("allow", "max_members", "push_to_talk")
 
 
@@ -79,7 +103,10 @@ class RelayConfig:
     port: int = DEFAULT_PORT
     identity: Path = DEFAULT_IDENTITY
     control_socket: Path = DEFAULT_CONTROL_SOCKET
+    metrics: tuple[str, int] | None = None
+    """``(IP, port)`` of the Prometheus endpoint, or ``None`` (off)."""
     open_rooms: bool = False
+    max_pending: int = DEFAULT_MAX_PENDING
     rooms: Mapping[str, RoomPolicy] = field(default_factory=dict)
     source: Path | None = None
 
@@ -144,6 +171,38 @@ def _socket_path(value: object) -> Path:
     return path
 
 
+def _metrics(value: object) -> tuple[str, int] | None:
+    if not isinstance(value, str):
+        raise ValueError(
+            f'must be a string like "127.0.0.1:9464" (or "" for off), got {_show(value)}'
+        )
+    if value == "":
+        return None
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            host = "?"  # brackets are for IPv6 only
+    elif ":" in host:
+        host = "?"  # an IPv6 address needs brackets: "[::1]:9464"
+    try:
+        text = str(ipaddress.ip_address(host)) if sep else ""
+    except ValueError:
+        text = ""
+    if not text or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(
+            f'must be "IP:PORT" like "127.0.0.1:9464" or "[::1]:9464" (or "" for off), '
+            f"got {_show(value)}"
+        )
+    return text, int(port)
+
+
+def _max_pending(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PENDING_LIMIT:
+        raise ValueError(f"must be a number 1..{MAX_PENDING_LIMIT}, got {_show(value)}")
+    return value
+
+
 def _bool(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false (no quotes), got {_show(value)}")
@@ -177,7 +236,9 @@ _TOP_CHECKS = {
     "port": _port,
     "identity": _abs_path,
     "control_socket": _socket_path,
+    "metrics": _metrics,
     "open_rooms": _bool,
+    "max_pending": _max_pending,
 }
 
 
@@ -306,4 +367,12 @@ def check_config(path: Path) -> str:
     names = ", ".join(sorted(cfg.rooms)) or "none"
     listen = ", ".join(f"[{h}]:{cfg.port}" if ":" in h else f"{h}:{cfg.port}" for h in cfg.listen)
     unknown = "created on join" if cfg.open_rooms else "refused"
-    return f"{path}: configuration OK; listen {listen}; rooms: {names}; other rooms {unknown}"
+    metrics = f"http://{_host_port(*cfg.metrics)}/metrics" if cfg.metrics else "off"
+    return (
+        f"{path}: configuration OK; listen {listen}; rooms: {names}; other rooms {unknown}; "
+        f"metrics {metrics}"
+    )
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -17,6 +17,8 @@ opaque, hashable ``conn`` id that the edge chooses.
   and returns a :class:`Forward` naming the other members to send the unchanged bytes to,
   or a :class:`Dropped` with the counted reason: not a member, malformed (SPEC 1.4),
   wrong stream byte (not the sender's slot), not the floor holder (push-to-talk).
+  A forwarded packet's quality report (SPEC 1.3, in the clear when Q=1) is kept as the
+  sender's :attr:`Member.report`: the loss, RTT and jitter that member measures.
 * Push-to-talk rooms: the first member to send a valid packet takes the floor; it is
   released :data:`FLOOR_RELEASE_S` after the holder's last packet (found by
   :meth:`Relay.tick`, or by the next packet of another member), or when the holder
@@ -27,6 +29,9 @@ opaque, hashable ``conn`` id that the edge chooses.
   and counted; anything but ``Join`` before the join closes the connection.
 * :meth:`Relay.tick` closes connections that sent nothing within :data:`JOIN_TIMEOUT_S`
   of connecting and releases stale floors.
+* At most ``max_pending`` (:data:`DEFAULT_MAX_PENDING`) connections wait for their Join
+  at once; beyond that :meth:`Relay.connect` refuses (``busy``), so a flood of silent
+  connections costs bounded state (each still holds a slot up to the join timeout).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from typing import Any, TypeAlias
 
 from wzp.crypto.handshake import HandshakeError, verify_join
 from wzp.crypto.identity import FINGERPRINT_LEN, fingerprint, fingerprint_text
-from wzp.proto.header import Drop, parse_datagram
+from wzp.proto.header import Drop, QualityReport, parse_datagram
 from wzp.proto.signal import (
     Error,
     Floor,
@@ -54,6 +59,7 @@ from wzp.proto.signal import (
 
 __all__ = [
     "DEFAULT_MAX_MEMBERS",
+    "DEFAULT_MAX_PENDING",
     "DROP_MALFORMED",
     "DROP_NOT_FLOOR_HOLDER",
     "DROP_NOT_MEMBER",
@@ -84,6 +90,8 @@ JOIN_TIMEOUT_S = 10.0
 FLOOR_RELEASE_S = 0.5
 MAX_SLOT = 255
 DEFAULT_MAX_MEMBERS = 8
+#: connections that have not joined yet, at most, relay-wide; more are refused ("busy")
+DEFAULT_MAX_PENDING = 64
 
 DROP_NOT_MEMBER = "not-a-member"
 DROP_MALFORMED = "malformed"
@@ -186,8 +194,12 @@ class RelayCounters:
     forwarded_bytes: int = 0
     datagram_drops: dict[str, int] = field(default_factory=dict)
     """Received datagrams dropped, by reason (``not-a-member``, ``malformed``, ...)."""
+    datagram_drop_bytes: dict[str, int] = field(default_factory=dict)
+    """The bytes of those, by the same reasons."""
     send_drops: int = 0
     """Copies a member could not take (its send buffer was full): counted by the edge."""
+    send_drop_bytes: int = 0
+    """The bytes of those (counted by the edge)."""
     messages_received: int = 0
     messages_forwarded: int = 0
     message_drops: dict[str, int] = field(default_factory=dict)
@@ -212,6 +224,10 @@ class Member:
     bytes: int = 0
     dropped: int = 0
     last_packet: float | None = None
+    report: QualityReport | None = None
+    """The quality report (SPEC 1.3, in the clear) of the member's last forwarded packet
+    that carried one: what the member measures of what it receives."""
+    report_at: float | None = None
 
     def __post_init__(self) -> None:
         self.fp_hex = self.fingerprint.hex()
@@ -258,6 +274,17 @@ class _Pending:
     since: float
 
 
+def _report_json(report: QualityReport | None) -> dict[str, float] | None:
+    if report is None:
+        return None
+    return {
+        "loss_percent": round(report.loss_percent, 2),
+        "rtt_ms": report.rtt_ms,
+        "jitter_ms": report.jitter_ms,
+        "cap_kbps": report.cap_kbps,
+    }
+
+
 # --------------------------------------------------------------------------- the relay
 
 
@@ -271,9 +298,13 @@ class Relay:
         *,
         open_rooms: bool = False,
         default_policy: RoomPolicy | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         if len(relay_fingerprint) != FINGERPRINT_LEN:
             raise ValueError("the relay fingerprint has 16 bytes")
+        if isinstance(max_pending, bool) or max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending!r}")
+        self.max_pending = max_pending
         self.relay_fingerprint = bytes(relay_fingerprint)
         self.open_rooms = open_rooms
         self.default_policy = default_policy if default_policy is not None else RoomPolicy()
@@ -295,6 +326,11 @@ class Relay:
     def is_pending(self, conn: ConnId) -> bool:
         return conn in self._pending
 
+    @property
+    def pending(self) -> int:
+        """Connections that have not joined (nor been refused) yet."""
+        return len(self._pending)
+
     def status(self) -> dict[str, Any]:
         """Rooms and members, JSON-ready."""
         rooms = {}
@@ -313,6 +349,7 @@ class Relay:
                         "packets": m.packets,
                         "bytes": m.bytes,
                         "dropped": m.dropped,
+                        "report": _report_json(m.report),
                     }
                     for _, m in sorted(room.members.items())
                 ],
@@ -328,7 +365,9 @@ class Relay:
         now: float,
         peer_fingerprint: bytes | None = None,
     ) -> list[Action]:
-        """A new connection to room ``server_name`` (its SNI). A bad room name is refused.
+        """A new connection to room ``server_name`` (its SNI). A bad room name is refused,
+        and so is any connection while :attr:`max_pending` others have not joined yet
+        (``Error`` code ``busy``, counted in ``joins_refused``).
 
         ``peer_fingerprint``: the fingerprint of the connection's TLS certificate key,
         when known; the Join must then be signed by that key.
@@ -336,7 +375,12 @@ class Relay:
         if conn in self._pending or conn in self._members:
             raise ValueError(f"connection {conn!r} is already known")
         self.counters.connections += 1
+        busy = len(self._pending) >= self.max_pending
         self._pending[conn] = _Pending(server_name, peer_fingerprint, now)
+        if busy:
+            return self._refuse(
+                conn, "busy", f"the relay has {self.max_pending} connections waiting to join"
+            )
         if not valid_room_name(server_name):
             shown = repr(server_name)[:80]
             return self._refuse(
@@ -463,20 +507,20 @@ class Relay:
         c.datagrams_received += 1
         entry = self._members.get(conn)
         if entry is None:
-            return self._drop(DROP_NOT_MEMBER, None)
+            return self._drop(DROP_NOT_MEMBER, None, len(data))
         member, room = entry
         parsed = parse_datagram(data)
         if isinstance(parsed, Drop):
-            return self._drop(DROP_MALFORMED, member)
+            return self._drop(DROP_MALFORMED, member, len(data))
         if parsed.header.stream != member.slot:
-            return self._drop(DROP_WRONG_STREAM, member)
+            return self._drop(DROP_WRONG_STREAM, member, len(data))
         actions: tuple[Action, ...] = ()
         if room.policy.push_to_talk:
             if room.floor is None:
                 actions = tuple(self._set_floor(room, member.slot, now))
             elif room.floor != member.slot:
                 if now - room.floor_last < FLOOR_RELEASE_S:
-                    return self._drop(DROP_NOT_FLOOR_HOLDER, member)
+                    return self._drop(DROP_NOT_FLOOR_HOLDER, member, len(data))
                 released = self._set_floor(room, None, now)
                 actions = tuple(released + self._set_floor(room, member.slot, now))
             room.floor_last = now
@@ -484,14 +528,19 @@ class Relay:
         member.packets += 1
         member.bytes += n
         member.last_packet = now
+        if parsed.report is not None:
+            member.report = parsed.report
+            member.report_at = now
         targets = tuple(t for t in room.conns if t != conn)
         c.datagrams_forwarded += 1
         c.forwarded_copies += len(targets)
         c.forwarded_bytes += n * len(targets)
         return Forward(targets, actions)
 
-    def _drop(self, reason: str, member: Member | None) -> Dropped:
-        _bump(self.counters.datagram_drops, reason)
+    def _drop(self, reason: str, member: Member | None, n: int) -> Dropped:
+        c = self.counters
+        _bump(c.datagram_drops, reason)
+        c.datagram_drop_bytes[reason] = c.datagram_drop_bytes.get(reason, 0) + n
         if member is not None:
             member.dropped += 1
         return Dropped(reason)

@@ -38,6 +38,7 @@ from wzp.net.quic import VoiceCongestionControl, WzpConnection, WzpServer, serve
 from wzp.proto.signal import Message, UnknownMessage
 
 from .config import EXIT_CONFIG, ConfigError, RelayConfig, load_config
+from .metrics import MetricsServer, RelayCollector, make_registry
 from .room import Action, ConnId, Forward, Relay, Send
 
 __all__ = [
@@ -84,7 +85,12 @@ class RelayServer:
     ) -> None:
         self.config = config
         self.identity = identity
-        self.relay = Relay(identity.fingerprint, config.rooms, open_rooms=config.open_rooms)
+        self.relay = Relay(
+            identity.fingerprint,
+            config.rooms,
+            open_rooms=config.open_rooms,
+            max_pending=config.max_pending,
+        )
         self.notifier = notifier
         self._clock = clock
         self._conns: dict[ConnId, WzpConnection] = {}
@@ -98,6 +104,8 @@ class RelayServer:
         self._tick_task: asyncio.Task[None] | None = None
         self._started = 0.0
         self.send_errors = 0
+        self.metrics: MetricsServer | None = None
+        """The Prometheus endpoint, when the config has ``metrics`` (after start)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -114,14 +122,22 @@ class RelayServer:
             # the request at net.core.rmem_max
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER_BYTES)
-        if self._control is not None:
-            self._control.handle("status", self._ctl_status)
-            self._control.handle("identity", self._ctl_identity)
-            try:
+        try:
+            if self.config.metrics is not None:
+                collector = RelayCollector(
+                    self.relay, clock=self._clock, send_errors=lambda: self.send_errors
+                )
+                self.metrics = MetricsServer(make_registry(collector), *self.config.metrics)
+                await self.metrics.start()
+            if self._control is not None:
+                self._control.handle("status", self._ctl_status)
+                self._control.handle("identity", self._ctl_identity)
                 await self._control.start()
-            except BaseException:
-                self._server.close()
-                raise
+        except BaseException:
+            self._server.close()
+            if self.metrics is not None:
+                await self.metrics.close()
+            raise
         self._started = self._clock()
         self._tick_task = asyncio.get_running_loop().create_task(self._ticker())
         log.info(
@@ -141,6 +157,8 @@ class RelayServer:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self.metrics is not None:
+            await self.metrics.close()
         if self._control is not None:
             await self._control.close()
 
@@ -165,6 +183,7 @@ class RelayServer:
             ],
             "uptime_s": round(self._clock() - self._started, 1) if self._started else 0.0,
             "connections": len(self._conns),
+            "metrics": f"http://{self.metrics.address}/metrics" if self.metrics else None,
             "recv_buffer_bytes": [
                 s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) for s in self._sockets()
             ],
@@ -216,6 +235,7 @@ class RelayServer:
             conn = conns.get(target)
             if conn is None or not conn.send_datagram(data):
                 counters.send_drops += 1
+                counters.send_drop_bytes += len(data)
         if result.actions:
             self._execute(result.actions)
 
