@@ -76,6 +76,14 @@ async def test_status_of_a_running_relay(capsys: pytest.CaptureFixture[str]) -> 
         status = json.loads(capsys.readouterr().out)
         assert status["rooms"]["porch"]["members"] == []
         assert status["counters"]["connections"] == 0
+        # `wzp status` pointed at the relay's socket reads it as a relay
+        from wzp.cli import main as wzp_main
+
+        capsys.readouterr()
+        code = await asyncio.to_thread(wzp_main, ["status", "--socket", str(short / "c.sock")])
+        text = capsys.readouterr().out
+        assert code == 0 and text.startswith("wzp relay ")
+        assert "room       porch open: empty" in text and "forwarded 0 packets" in text
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 5.0) == 0

@@ -272,6 +272,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_NOT_RUNNING
     if args.json:
         print(json.dumps({"running": True, **st}, indent=1, sort_keys=True))
+    elif "rooms" in st:  # the socket is a relay's
+        from .statusfmt import format_relay_status
+
+        print(format_relay_status(st))
     else:
         print(format_status(st))
     return 0

@@ -149,3 +149,39 @@ def format_status(st: dict[str, Any]) -> str:
     if st.get("last_error"):
         out.append(_line(BAD, "last error", str(st["last_error"])))
     return "\n".join(out)
+
+
+def format_relay_status(st: dict[str, Any]) -> str:
+    """A relay's status (``wzp status --socket /run/wzp-relay/control.sock``)."""
+    up = _dur(st.get("uptime_s", 0))
+    out = [f"wzp relay {st.get('fingerprint', '?')}, up {up}"]
+    c = st.get("counters") or {}
+    out.append(
+        _line(
+            OK,
+            "relay",
+            f"listening on {', '.join(st.get('listen') or [])}; "
+            f"{st.get('connections', 0)} connections, {st.get('pending', 0)} waiting to join"
+            + (f"; metrics {st['metrics']}" if st.get("metrics") else ""),
+        )
+    )
+    for name, room in (st.get("rooms") or {}).items():
+        members = ", ".join(
+            f"{m.get('alias') or (m.get('fingerprint') or '?')[:9]} (slot {m.get('slot')})"
+            for m in room.get("members") or []
+        )
+        kind = "push-to-talk" if room.get("push_to_talk") else "open" if room.get("open") else ""
+        out.append(_line(INFO, "room", f"{name} {kind}: {members or 'empty'}".replace("  ", " ")))
+    drops = c.get("datagram_drops") or {}
+    refused = c.get("joins_refused") or {}
+    out.append(
+        _line(
+            INFO,
+            "counters",
+            f"forwarded {c.get('datagrams_forwarded', 0)} packets; dropped "
+            + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
+            + "; joins refused "
+            + (", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "none"),
+        )
+    )
+    return "\n".join(out)
