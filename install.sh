@@ -12,6 +12,11 @@
 #                                      with its dependencies from a folder of wheels (no index):
 #                                      what the first-boot hook of `wzp sdcard prepare` runs
 #   sudo ./install.sh --uninstall [--purge] [--root DIR]
+#   sudo ./install.sh --relay [--root DIR] [--wheel FILE [--offline DIR]]
+#                                      a relay instead of the handset (any Debian host): user
+#                                      wzp-relay, the same /opt/wzp/venv, /etc/wzp/relay.toml,
+#                                      its identity, the wzp-relay unit; a host may run both
+#   sudo ./install.sh --relay --uninstall [--purge] [--root DIR]
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,6 +37,13 @@ DEV_APT=(libopus0 libasound2-dev gcc codec2-examples python3-dev mtools dosfstoo
 # --system-site-packages), alsa-utils (aplay/arecord/amixer for checking a card by hand).
 PI_APT=(libopus0 python3-venv python3-dev gcc libasound2-dev python3-lgpio alsa-utils)
 
+# On a relay host: no sound card and no GPIO, but the same package, and pyalsaaudio is one
+# of its core dependencies: pip builds it from source on any host without a wheel for it
+# (a Pi, and amd64 too), so gcc, python3-dev and libasound2-dev are needed all the same.
+# libopus0: opuslib (another core dependency) loads it at import; `wzp relay` itself does
+# not import it, the rest of `wzp` does. python3-venv: Debian's python3 lacks ensurepip.
+RELAY_APT=(libopus0 python3-venv python3-dev gcc libasound2-dev)
+
 UNIT=wzp-phone.service
 OPT=/opt/wzp
 VENV=$OPT/venv
@@ -41,6 +53,12 @@ SEED=$STATE/identity.seed
 RUNDIR=/run/wzp
 UNIT_DIR=/etc/systemd/system
 BIN_LINK=/usr/local/bin/wzp
+RELAY_UNIT=wzp-relay.service
+RELAY_USER=wzp-relay
+RELAY_STATE=/var/lib/wzp-relay
+RELAY_SEED=$RELAY_STATE/identity.seed
+RELAY_CONF=$ETC/relay.toml
+RELAY_RUNDIR=/run/wzp-relay
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -50,6 +68,8 @@ usage() {
 usage: ./install.sh --dev
        sudo ./install.sh [--root DIR] [--wheel FILE [--offline DIR]]
        sudo ./install.sh --uninstall [--purge] [--root DIR]
+       sudo ./install.sh --relay [--root DIR] [--wheel FILE [--offline DIR]]
+       sudo ./install.sh --relay --uninstall [--purge] [--root DIR]
   --dev        make .venv in this checkout with wzp (editable) and the test tools;
                installs missing Debian packages first when run as root
   (no option)  install the handset on this Raspberry Pi: Debian packages, system user wzp
@@ -64,6 +84,13 @@ usage: ./install.sh --dev
   --uninstall  stop and remove the service, $VENV, $ETC/boot.toml and the user wzp;
                keeps $SEED and $ETC/wzp.toml
   --purge      with --uninstall: remove $STATE and $ETC too (the identity is lost)
+  --relay      a relay instead of the handset (any Debian host): Debian packages, system
+               user $RELAY_USER, the same $VENV, $RELAY_CONF (only if absent), the
+               relay identity $RELAY_SEED (only if absent), $RELAY_UNIT
+               enabled and (re)started. With --uninstall: removes the relay's unit and
+               user, keeps its identity and relay.toml (--purge removes them too).
+  A host may run both: neither uninstall removes the other's files, and $VENV
+  stays while the other one is installed.
 USAGE
 }
 
@@ -135,6 +162,7 @@ ROOT=""
 STAGED=0
 WHEEL=""
 WHEELHOUSE=""
+WHAT=handset # or relay (--relay)
 
 R() { printf '%s%s' "$ROOT" "$1"; }
 
@@ -274,7 +302,7 @@ check_os() {
             *" debian "* | *" raspbian "*) note "os: $pretty" ;;
             *)
                 if [ "$STAGED" -eq 0 ]; then
-                    die "$pretty: the handset install supports Debian and Raspberry Pi OS"
+                    die "$pretty: the $WHAT install supports Debian and Raspberry Pi OS"
                 fi
                 note "os: $pretty (not Debian; staged anyway)"
                 ;;
@@ -304,15 +332,15 @@ no_lgpio_warning() {
     say "         $VENV/bin/pip install lgpio, or pin_factory = \"mock\" in $ETC/wzp.toml)"
 }
 
-pi_apt() {
+pi_apt() { # PACKAGE...
     local missing p install=()
     if [ "$STAGED" -eq 1 ]; then
         run apt-get update
-        run apt-get install -y --no-install-recommends "${PI_APT[@]}"
+        run apt-get install -y --no-install-recommends "$@"
         return 0
     fi
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian or Raspberry Pi OS expected"
-    missing=$(missing_debs "${PI_APT[@]}")
+    missing=$(missing_debs "$@")
     # plain Debian: python3-lgpio is missing for good; no apt-get update on every run for it
     if [ "$missing" = python3-lgpio ] && compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null &&
         ! apt_available python3-lgpio; then
@@ -443,7 +471,7 @@ pi_venv() {
         { rm -rf "$build"; die "pip could not install wzp into $VENV (see above)"; }
     rm -rf "$build"
     echo "$want" >"$stamp"
-    if ! "$VENV/bin/python" -c 'import lgpio' 2>/dev/null; then
+    if [ "$WHAT" = handset ] && ! "$VENV/bin/python" -c 'import lgpio' 2>/dev/null; then
         say "warning: lgpio does not import in $VENV: buttons and LEDs will not work"
     fi
 }
@@ -514,13 +542,13 @@ pi_identity() {
 }
 
 UNIT_CHANGED=0
-pi_unit() {
-    local tmp
-    [ -f "$here/systemd/$UNIT" ] || die "$here/systemd/$UNIT is missing from this checkout"
+pi_unit() { # UNIT: systemd/UNIT of this checkout into $UNIT_DIR
+    local unit=$1 tmp
+    [ -f "$here/systemd/$unit" ] || die "$here/systemd/$unit is missing from this checkout"
     tmp=$(mktemp)
     # the unit names /opt/wzp/venv; follow $VENV should it ever move
-    sed "s#/opt/wzp/venv/#$VENV/#g" "$here/systemd/$UNIT" >"$tmp"
-    install_file "$tmp" "$UNIT_DIR/$UNIT" 0644
+    sed "s#/opt/wzp/venv/#$VENV/#g" "$here/systemd/$unit" >"$tmp"
+    install_file "$tmp" "$UNIT_DIR/$unit" 0644
     UNIT_CHANGED=$CHANGED
     rm -f "$tmp"
 }
@@ -538,24 +566,38 @@ pi_check_config() {
     fi
 }
 
-pi_service() {
+pi_service() { # UNIT CONFIG
+    local unit=$1 config=$2
     if ! systemd_running; then
         say "warning: systemd is not running here: on the device run"
-        say "         systemctl enable --now $UNIT"
+        say "         systemctl enable --now $unit"
         return 0
     fi
     if [ "$UNIT_CHANGED" -eq 1 ]; then
         run systemctl daemon-reload
     fi
-    run systemctl enable --quiet "$UNIT"
+    run systemctl enable --quiet "$unit"
     if [ "$CONFIG_OK" -eq 0 ]; then
-        note "service: left as it was (fix $ETC/wzp.toml, then: sudo systemctl restart ${UNIT%.service})"
+        note "service: left as it was (fix $config, then: sudo systemctl restart ${unit%.service})"
     elif [ "$STAGED" -eq 1 ] || [ "$UNIT_CHANGED" -eq 1 ] || [ "$PKG_CHANGED" -eq 1 ] ||
-        ! systemctl is-active --quiet "$UNIT"; then
-        run systemctl restart "$UNIT"
+        ! systemctl is-active --quiet "$unit"; then
+        run systemctl restart "$unit"
         [ "$STAGED" -eq 1 ] || note "service: (re)started"
     else
         note "service: running, unchanged"
+    fi
+}
+
+# restart_other UNIT: the venv is shared by a handset and a relay on one host; when pip
+# changed the package, the other one, if running, restarts on it too (a live install only:
+# a staged root has no running services)
+restart_other() {
+    if [ "$STAGED" -eq 1 ] || [ "$PKG_CHANGED" -eq 0 ] || ! systemd_running; then
+        return 0
+    fi
+    if systemctl is-active --quiet "$1"; then
+        run systemctl restart "$1"
+        note "service ${1%.service}: restarted (it shares $VENV)"
     fi
 }
 
@@ -595,7 +637,7 @@ pi_install() {
         die "the handset install needs root: sudo ./install.sh (or --root DIR to stage, --dev for a checkout)"
     fi
     check_os
-    pi_apt
+    pi_apt "${PI_APT[@]}"
     pi_users
     ensure_dir "$OPT" 0755
     ensure_dir "$ETC" 0755
@@ -608,9 +650,10 @@ pi_install() {
     pi_link
     pi_config
     pi_identity
-    pi_unit
+    pi_unit "$UNIT"
     pi_check_config
-    pi_service
+    pi_service "$UNIT" "$ETC/wzp.toml"
+    restart_other "$RELAY_UNIT"
     pi_summary
 }
 
@@ -625,8 +668,23 @@ remove_path() { # PATH [what]: rm -rf under the root, saying what happened
     fi
 }
 
+# remove_shared OTHER_UNIT: $VENV and the wzp link, unless the other install (handset or
+# relay) still has its unit here and runs from them
+remove_shared() {
+    local link
+    if [ -e "$(R "$UNIT_DIR/$1")" ]; then
+        note "$OPT: kept (${1%.service} is installed here and runs from it)"
+        return 0
+    fi
+    link=$(R "$BIN_LINK")
+    if [ -L "$link" ] && [ "$(readlink "$link")" = "$VENV/bin/wzp" ]; then
+        remove_path "$BIN_LINK"
+    fi
+    remove_path "$OPT"
+}
+
 pi_uninstall() {
-    local purge=$1 link
+    local purge=$1 f
     if [ "$STAGED" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
         die "uninstalling needs root: sudo ./install.sh --uninstall"
     fi
@@ -638,11 +696,7 @@ pi_uninstall() {
     if systemd_running; then
         run systemctl daemon-reload
     fi
-    link=$(R "$BIN_LINK")
-    if [ -L "$link" ] && [ "$(readlink "$link")" = "$VENV/bin/wzp" ]; then
-        remove_path "$BIN_LINK"
-    fi
-    remove_path "$OPT"
+    remove_shared "$RELAY_UNIT"
     remove_path "$ETC/boot.toml"
     remove_path "$RUNDIR"
     if has_user wzp; then
@@ -654,12 +708,202 @@ pi_uninstall() {
     fi
     if [ "$purge" -eq 1 ]; then
         remove_path "$STATE" "purge: identity and added contacts"
-        remove_path "$ETC" "purge: configuration"
+        if [ -e "$(R "$RELAY_CONF")" ]; then
+            # a relay's config is not the handset's to remove
+            while IFS= read -r -d '' f; do
+                remove_path "$ETC/${f##*/}" "purge: configuration"
+            done < <(find "$(R "$ETC")" -mindepth 1 -maxdepth 1 ! -name relay.toml -print0 |
+                LC_ALL=C sort -z)
+            note "$RELAY_CONF: kept (the relay's: ./install.sh --relay --uninstall --purge)"
+        else
+            remove_path "$ETC" "purge: configuration"
+        fi
     else
         note "kept: $SEED (this device's identity) and $ETC/wzp.toml;"
         note "      ./install.sh --uninstall --purge removes them"
     fi
     note "group gpio: kept (other software may use it)"
+}
+
+# ------------------------------------------------------------------------------ relay mode
+#
+# --relay: the same machinery for `wzp relay` (systemd/wzp-relay.service): its own system
+# user wzp-relay, /etc/wzp/relay.toml, /var/lib/wzp-relay (its identity), and the handset's
+# /opt/wzp/venv and /usr/local/bin/wzp, which both installs share. The handset's files are
+# never touched, so one host may run both.
+
+relay_user() {
+    if has_user "$RELAY_USER"; then
+        note "user $RELAY_USER: unchanged"
+        return 0
+    fi
+    local group=(--user-group)
+    # a group left behind by hand: the user joins it instead of failing on it
+    if has_group "$RELAY_USER"; then
+        group=(--gid "$RELAY_USER")
+    fi
+    note "user $RELAY_USER: adding (system user, no login, home $RELAY_STATE)"
+    run useradd --system "${group[@]}" --home-dir "$RELAY_STATE" --no-create-home \
+        --shell /usr/sbin/nologin --comment "wzp relay" "$RELAY_USER"
+}
+
+relay_config() {
+    local dest=$RELAY_CONF tmp
+    tmp=$(mktemp)
+    # the installed package's template (a --wheel install has no checkout copy); the
+    # checkout's when staging (there is no venv to run) or should that fail
+    if [ "$STAGED" -eq 1 ] || ! "$VENV/bin/python" -c 'import sys
+from importlib.resources import files
+sys.stdout.write(files("wzp.relay").joinpath("relay.toml.template").read_text("utf-8"))' \
+        >"$tmp" 2>/dev/null || [ ! -s "$tmp" ]; then
+        if [ -f "$here/device/wzp/relay/relay.toml.template" ]; then
+            cat "$here/device/wzp/relay/relay.toml.template" >"$tmp"
+        elif [ -f "$here/relay.toml.template" ]; then
+            cat "$here/relay.toml.template" >"$tmp"
+        else
+            : >"$tmp"
+        fi
+    fi
+    if [ -e "$(R "$dest")" ]; then
+        if [ -s "$tmp" ] && cmp -s "$tmp" "$(R "$dest")"; then
+            note "$dest: unchanged"
+        else
+            note "$dest: kept (yours; never overwritten)"
+        fi
+    elif [ -s "$tmp" ]; then
+        install_file "$tmp" "$dest" 0640
+    else
+        rm -f "$tmp"
+        die "no relay.toml.template found: $dest not written (the relay does not start without it)"
+    fi
+    rm -f "$tmp"
+    # root's file, readable by the relay (its group) and nobody else
+    ensure_owner "$dest" "root:$RELAY_USER"
+}
+
+RELAY_FP=""
+relay_identity() {
+    if [ -e "$(R "$RELAY_SEED")" ]; then
+        note "$RELAY_SEED: kept (exists; never regenerated)"
+    else
+        note "$RELAY_SEED: creating the relay's identity"
+    fi
+    # `wzp identity` and `wzp relay` keep the seed alike (wzp.daemon.identity_store: 32
+    # bytes, mode 0600); as wzp-relay, so the seed is the relay's
+    if [ "$STAGED" -eq 1 ]; then
+        run runuser -u "$RELAY_USER" -- "$VENV/bin/wzp" identity --path "$RELAY_SEED"
+        RELAY_FP="(shown by: sudo -u $RELAY_USER $VENV/bin/wzp identity --path $RELAY_SEED)"
+        return 0
+    fi
+    printf 'run: runuser -u %s -- %s identity --path %s\n' "$RELAY_USER" "$VENV/bin/wzp" "$RELAY_SEED"
+    RELAY_FP=$(cd / && runuser -u "$RELAY_USER" -- "$VENV/bin/wzp" identity --path "$RELAY_SEED") ||
+        die "could not read or create the relay identity $RELAY_SEED (see above)"
+}
+
+RELAY_PORT=4433
+relay_check_config() {
+    local settings seed
+    if [ "$STAGED" -eq 1 ]; then
+        run runuser -u "$RELAY_USER" -- "$VENV/bin/wzp" relay --check-config --config "$RELAY_CONF"
+        return 0
+    fi
+    printf 'run: runuser -u %s -- %s relay --check-config --config %s\n' \
+        "$RELAY_USER" "$VENV/bin/wzp" "$RELAY_CONF"
+    if ! (cd / && runuser -u "$RELAY_USER" -- "$VENV/bin/wzp" relay --check-config --config "$RELAY_CONF"); then
+        CONFIG_OK=0
+        say "warning: $RELAY_CONF is refused (above): the service is not restarted on it"
+        return 0
+    fi
+    # the port and the identity relay.toml sets, for the summary
+    settings=$(cd / && runuser -u "$RELAY_USER" -- "$VENV/bin/python" -c 'import sys
+from pathlib import Path
+from wzp.relay.config import load_config
+cfg = load_config(Path(sys.argv[1]))
+print(cfg.port)
+print(cfg.identity)' "$RELAY_CONF" 2>/dev/null) || return 0
+    RELAY_PORT=${settings%%$'\n'*}
+    seed=${settings#*$'\n'}
+    if [ "$seed" != "$RELAY_SEED" ]; then
+        say "warning: $RELAY_CONF sets identity = \"$seed\": the relay's fingerprint is that seed's"
+        say "         (sudo -u $RELAY_USER $VENV/bin/wzp identity --path $seed), not $RELAY_SEED's"
+        RELAY_FP="(of $seed: sudo -u $RELAY_USER $VENV/bin/wzp identity --path $seed)"
+    fi
+}
+
+relay_summary() {
+    cat <<DONE
+
+wzp relay installed${ROOT:+ (staged under $ROOT)}.
+  fingerprint: $RELAY_FP
+               (handsets pin it; the secret seed stays in $RELAY_SEED)
+  rooms:       edit $RELAY_CONF: add [rooms.NAME] tables with the handsets'
+               fingerprints (or allow = "open"), then check it and restart:
+               sudo -u $RELAY_USER $VENV/bin/wzp relay --check-config
+               sudo systemctl restart ${RELAY_UNIT%.service}
+  firewall:    open UDP port $RELAY_PORT (QUIC) to the handsets, and forward it on the router
+               if this host is behind NAT
+  handsets:    [relay] in their /etc/wzp/wzp.toml: address = "THIS_HOST:$RELAY_PORT",
+               fingerprint = the one above, room = "NAME"
+  status:      sudo $VENV/bin/wzp relay --status        journalctl -u ${RELAY_UNIT%.service} -f
+DONE
+}
+
+relay_install() {
+    if [ "$STAGED" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
+        die "the relay install needs root: sudo ./install.sh --relay (or --root DIR to stage)"
+    fi
+    check_os
+    pi_apt "${RELAY_APT[@]}"
+    relay_user
+    ensure_dir "$OPT" 0755
+    # /etc/wzp stays as it is owned (root:wzp when the handset is installed too)
+    ensure_dir "$ETC" 0755
+    ensure_dir "$RELAY_STATE" 0700
+    ensure_owner "$RELAY_STATE" "$RELAY_USER:$RELAY_USER" -R
+    pi_venv
+    pi_link
+    relay_config
+    relay_identity
+    pi_unit "$RELAY_UNIT"
+    relay_check_config
+    pi_service "$RELAY_UNIT" "$RELAY_CONF"
+    restart_other "$UNIT"
+    relay_summary
+}
+
+relay_uninstall() {
+    local purge=$1 etc
+    if [ "$STAGED" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
+        die "uninstalling needs root: sudo ./install.sh --relay --uninstall"
+    fi
+    if systemd_running; then
+        run systemctl disable --now --quiet "$RELAY_UNIT" || true
+    fi
+    remove_path "$UNIT_DIR/$RELAY_UNIT"
+    if systemd_running; then
+        run systemctl daemon-reload
+    fi
+    remove_shared "$UNIT"
+    remove_path "$RELAY_RUNDIR"
+    if has_user "$RELAY_USER"; then
+        run userdel "$RELAY_USER"
+    fi
+    if has_group "$RELAY_USER"; then
+        run groupdel "$RELAY_USER"
+    fi
+    if [ "$purge" -eq 1 ]; then
+        remove_path "$RELAY_STATE" "purge: the relay's identity"
+        remove_path "$RELAY_CONF" "purge: the relay's configuration"
+        # /etc/wzp goes only when nothing else (the handset's files) is in it
+        etc=$(R "$ETC")
+        if [ -d "$etc" ] && [ -z "$(ls -A "$etc")" ]; then
+            rmdir "$etc"
+            note "$ETC: removed (empty)"
+        fi
+    else
+        note "kept: $RELAY_SEED (the relay's identity: handsets pin it) and $RELAY_CONF;"
+        note "      ./install.sh --relay --uninstall --purge removes them"
+    fi
 }
 
 # --root DIR: absolute, existing or created, never / itself
@@ -699,6 +943,8 @@ main() {
             -h | --help) usage; return 0 ;;
             --uninstall) action=uninstall ;;
             --purge) purge=1 ;;
+            --relay) WHAT=relay ;;
+            --dev) say "--dev takes no other option"; usage; exit 2 ;;
             --root)
                 [ $# -ge 2 ] || { say "--root needs a directory"; usage; exit 2; }
                 set_root "$2"
@@ -733,11 +979,12 @@ main() {
         usage
         exit 2
     fi
-    if [ "$action" = uninstall ]; then
-        pi_uninstall "$purge"
-    else
-        pi_install
-    fi
+    case "$WHAT:$action" in
+        handset:uninstall) pi_uninstall "$purge" ;;
+        handset:install) pi_install ;;
+        relay:uninstall) relay_uninstall "$purge" ;;
+        relay:install) relay_install ;;
+    esac
 }
 
 main "$@"

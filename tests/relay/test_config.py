@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
+import wzp.relay
 from wzp.crypto.identity import Identity
+from wzp.daemon.config import key_lines
 from wzp.relay.config import (
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_IDENTITY,
+    ROOM_KEYS,
+    TOP_KEYS,
     ConfigErrors,
     RelayConfig,
     check_config,
@@ -19,6 +26,7 @@ from wzp.relay.config import (
 
 FP_A = Identity.from_seed(bytes([1]) * 32).fingerprint
 FP_B = Identity.from_seed(bytes([2]) * 32).fingerprint
+TEMPLATE = Path(wzp.relay.__file__).parent / "relay.toml.template"
 
 
 def _errors(text: str) -> list[tuple[int | None, str, str]]:
@@ -144,3 +152,47 @@ def test_load_and_check_config(tmp_path: Path) -> None:
         load_config(path)
     path.write_bytes(b"\xef\xbb\xbfport = 4434\n")  # a BOM from a Windows editor
     assert load_config(path).port == 4434
+
+
+# ----------------------------------------------------------------------------- template
+# install.sh copies relay.toml.template to /etc/wzp/relay.toml when that file is absent.
+
+
+def _uncomment(text: str) -> str:
+    return re.sub(r"(?m)^# (\[[a-z.]+\]|[a-z_]+ = )", r"\1", text)
+
+
+def test_template_is_shipped_and_parses_to_the_defaults() -> None:
+    shipped = resources.files("wzp.relay").joinpath("relay.toml.template")
+    assert shipped.read_text("utf-8") == TEMPLATE.read_text("utf-8")
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert "relay/relay.toml.template" in pyproject["tool"]["setuptools"]["package-data"]["wzp"]
+    assert load_config(TEMPLATE) == RelayConfig(source=TEMPLATE)
+    assert "configuration OK" in check_config(TEMPLATE)
+
+
+def test_template_lists_every_key_with_its_true_default() -> None:
+    """Uncommenting every key changes nothing but the example room."""
+    text = _uncomment(TEMPLATE.read_text("utf-8"))
+    lines = key_lines(text)
+    for key in TOP_KEYS:
+        if key != "rooms":
+            assert (key,) in lines, f"{key} is missing from the template"
+    for key in ROOM_KEYS:
+        assert ("rooms", "porch", key) in lines, f"rooms.porch.{key} is missing"
+    cfg = parse_config(text)
+    assert set(cfg.rooms) == {"porch"}
+    porch = cfg.rooms["porch"]
+    assert not porch.is_open and len(porch.allow or ()) == 2
+    assert (porch.max_members, porch.push_to_talk) == (8, False)
+    assert RelayConfig(**{**cfg.__dict__, "rooms": {}}) == RelayConfig()
+
+
+def test_template_explains_each_key_and_the_fingerprint() -> None:
+    text = TEMPLATE.read_text("utf-8")
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"# [a-z_]+ = ", line):
+            assert lines[i - 1].startswith("# ") and " = " not in lines[i - 1], line
+    assert "`wzp relay` prints this relay's fingerprint" in text
+    assert "handsets pin" in text.lower()
