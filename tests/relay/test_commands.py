@@ -90,3 +90,9 @@ async def test_status_of_a_running_relay(capsys: pytest.CaptureFixture[str]) -> 
         for p in short.iterdir():
             p.unlink()
         short.rmdir()
+
+
+def test_the_parser_default_is_the_config_modules() -> None:
+    from wzp.relay import commands, config
+
+    assert commands.DEFAULT_CONFIG_PATH == config.DEFAULT_CONFIG_PATH

@@ -15,14 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from .config import (
-    DEFAULT_CONFIG_PATH,
-    DEFAULT_CONTROL_SOCKET,
-    EXIT_CONFIG,
-    ConfigError,
-    check_config,
-    load_config,
-)
+#: the relay's config file (``wzp.relay.config.DEFAULT_CONFIG_PATH``; the config module is
+#: imported only when a relay command runs, so that every other ``wzp`` command starts fast)
+DEFAULT_CONFIG_PATH = Path("/etc/wzp/relay.toml")
 
 #: ``--status`` when no relay answers (as ``systemctl status`` for a stopped unit)
 EXIT_NOT_RUNNING = 3
@@ -30,6 +25,8 @@ EXIT_NOT_RUNNING = 3
 
 def _status(path: Path) -> int:
     from wzp.daemon.control import ControlError, NotRunning, request
+
+    from .config import DEFAULT_CONTROL_SOCKET, ConfigError, load_config
 
     try:
         sock = load_config(path).control_socket
@@ -48,6 +45,8 @@ def _status(path: Path) -> int:
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
+    from .config import EXIT_CONFIG, ConfigError, check_config
+
     path = Path(args.config)
     if args.check_config:
         try:
