@@ -179,3 +179,90 @@ allow = ["{ids["a"].fingerprint_text}", "{ids["b"].fingerprint_text}"]
     score = _stoi(sent, heard, skip_s=3.0)
     assert score >= STOI_MIN[LOSS], score
     assert np.abs(read_audio(heard).astype(np.float64)).max() > 1000
+
+
+@pytest.mark.slow
+async def test_relay_process_restart_mid_call(tmp_path: Path) -> None:
+    """The relay process is stopped and started again mid-call: both handset daemons
+    rejoin by themselves and B hears A again within 10 s, nobody pressing anything."""
+    ids = {n: Identity.generate() for n in ("a", "b", "relay")}
+    for n, ident in ids.items():
+        write_seed(tmp_path / f"{n}.seed", ident.seed_bytes())
+    relay_port = _free_port()
+    relay_cfg = tmp_path / "relay.toml"
+    relay_cfg.write_text(
+        f"""listen = ["127.0.0.1"]
+port = {relay_port}
+identity = "{tmp_path / "relay.seed"}"
+control_socket = "{tmp_path / "relay.sock"}"
+[rooms.porch]
+allow = ["{ids["a"].fingerprint_text}", "{ids["b"].fingerprint_text}"]
+"""
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NOTIFY_SOCKET", None)
+    procs: list[subprocess.Popen[str]] = []
+
+    def spawn(*args: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen(
+            [*WZP, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        procs.append(p)
+        return p
+
+    relay_fp = ids["relay"].fingerprint_text
+    cfg_a = _handset_config(
+        tmp_path, "a", tmp_path / "a.seed", relay_port, relay_fp, "bob",
+        ids["b"].fingerprint_text, f"file:{DEFAULT_SPEECH}", "null",
+    )  # fmt: skip
+    cfg_b = _handset_config(
+        tmp_path, "b", tmp_path / "b.seed", relay_port, relay_fp, "alice",
+        ids["a"].fingerprint_text, "null", "null", "auto_answer_s = 0.0",
+    )  # fmt: skip
+    sock_a, sock_b = tmp_path / "a.sock", tmp_path / "b.sock"
+
+    def status(sock: Path) -> dict:  # type: ignore[type-arg]
+        return request(sock, "status", timeout=2)  # type: ignore[no-any-return]
+
+    def joined() -> bool:
+        a, b = status(sock_a)["relay"], status(sock_b)["relay"]
+        return a["state"] == b["state"] == "joined" and len(a["members"]) == 2
+
+    def b_hears() -> bool:
+        call = status(sock_b)["call"]
+        return bool(call) and call["state"] == "active" and call["rx_kbps"] > 5
+
+    relay = spawn("relay", "--config", str(relay_cfg))
+    try:
+        await asyncio.sleep(1.0)
+        spawn("run", "--config", str(cfg_a))
+        spawn("run", "--config", str(cfg_b))
+        await _until(joined, 40, "both handsets in the room")
+        res = await asyncio.to_thread(
+            subprocess.run, [*WZP, "call", "bob", "--socket", str(sock_a)],
+            capture_output=True, text=True, env=env,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        await _until(b_hears, 20, "B to hear A through the relay")
+        # the relay goes away and comes back on the same address
+        relay.terminate()
+        relay.wait(timeout=15)
+        await asyncio.sleep(1.0)
+        spawn("relay", "--config", str(relay_cfg))
+        t0 = time.monotonic()
+        await _until(joined, 15, "the rejoin")
+        await _until(b_hears, 15, "A's audio at B again")
+        assert time.monotonic() - t0 < 10.0
+        a_st, b_st = status(sock_a), status(sock_b)
+        assert a_st["state"] == b_st["state"] == "active"  # the same call, never ended
+        assert a_st["relay"]["joins"] == 2 and b_st["relay"]["joins"] == 2
+        await asyncio.to_thread(
+            subprocess.run, [*WZP, "hangup", "--socket", str(sock_a)],
+            capture_output=True, text=True, env=env,
+        )  # fmt: skip
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.communicate(timeout=20)
