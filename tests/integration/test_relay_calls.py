@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.audio.test_alsa import FakeCard
 from tests.daemon.test_handset import Box, _box, until
@@ -156,4 +157,40 @@ async def test_room_contact_not_present_is_a_clear_error(tmp_path: Path) -> None
         assert box.h.call is None
     finally:
         await box.h.stop()
+        await server.close()
+
+
+async def test_a_dead_path_to_the_relay_is_noticed_and_rejoined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network change looks like a path that goes silent: the handset notices it from
+    its Pings (not after QUIC's 30 s idle timeout) and joins again when it comes back."""
+    from wzp.daemon import relaylink
+    from wzp.net.udpproxy import UdpLossyProxy
+
+    monkeypatch.setattr(relaylink, "PING_S", 0.3)
+    monkeypatch.setattr(relaylink, "DEAD_S", 1.5)
+    ident, relay_id = Identity.generate(), Identity.generate()
+    server = await _relay(relay_id, 0, [ident])
+    proxy = UdpLossyProxy(("127.0.0.1", server.port))
+    await proxy.start()
+    box = await _box(
+        tmp_path, "a", ident, DemoAudio(np.zeros(0, np.int16)), {}, None,
+        relay_address=("127.0.0.1", proxy.port), relay_fingerprint=relay_id.fingerprint,
+        relay_room=ROOM,
+    )  # fmt: skip
+    try:
+        link = box.h.relay
+        assert link is not None
+        await until(lambda: link.joined, 10, "join")
+        t0 = time.monotonic()
+        proxy.blackout(4.0)  # the path goes away for 4 s
+        await until(lambda: not link.joined, 4, "the dead path to be noticed")
+        assert time.monotonic() - t0 < 3.0
+        assert "no answer from the relay" in (link.last_error or "")
+        await until(lambda: link.joined and link.joins == 2, 20, "the rejoin")
+        assert box.h.status()["relay"]["state"] == "joined"
+    finally:
+        await box.h.stop()
+        proxy.close()
         await server.close()

@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 10.0
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+#: while joined, a signalling Ping to the relay this often ...
+PING_S = 3.0
+#: ... and the path counts as dead (a network change, a vanished relay) when nothing has
+#: come back for this long: the handset rejoins instead of waiting for QUIC's 30 s idle
+#: timeout
+DEAD_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,7 @@ class RelayLink:
         self._task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._stopping = False
+        self._heard_at = 0.0
 
     @property
     def joined(self) -> bool:
@@ -188,7 +195,20 @@ class RelayLink:
         except TimeoutError:
             conn.close(reason_phrase="no RoomUpdate")
             raise TimeoutError(self.last_error or "the relay did not answer the Join") from None
-        await closed.wait()
+        loop = asyncio.get_running_loop()
+        self._heard_at = loop.time()
+        while not closed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closed.wait(), PING_S)
+            if closed.is_set():
+                break
+            if loop.time() - self._heard_at > DEAD_S:
+                # nothing from the relay for DEAD_S: the path is gone (a network change)
+                conn.close(reason_phrase="relay silent")
+                self.conn = None
+                raise ConnectionError(f"no answer from the relay for {DEAD_S:.0f} s")
+            with contextlib.suppress(Exception):
+                conn.send_message(sig.Ping(timestamp_ms=int(loop.time() * 1000)))
         self.conn = None
         raise ConnectionError(conn.close_reason or "connection to the relay closed")
 
@@ -198,7 +218,12 @@ class RelayLink:
 
     # -- what the relay sends ----------------------------------------------------------------
 
+    def _heard(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._heard_at = asyncio.get_running_loop().time()
+
     def _on_datagram(self, data: bytes) -> None:
+        self._heard()
         # one call at a time: the media of the room goes to it (its receiver keeps only
         # the peer's slot)
         for ch in list(self.channels.values()):
@@ -206,6 +231,7 @@ class RelayLink:
                 ch.on_datagram(data)
 
     def _on_message(self, msg: Any, joined: asyncio.Event) -> None:
+        self._heard()
         if isinstance(msg, sig.RoomUpdate):
             self._room_update(msg)
             joined.set()
