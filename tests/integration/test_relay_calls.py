@@ -194,3 +194,57 @@ async def test_a_dead_path_to_the_relay_is_noticed_and_rejoined(
         await box.h.stop()
         proxy.close()
         await server.close()
+
+
+async def test_push_to_talk_room_floor(tmp_path: Path) -> None:
+    """In a push-to-talk room the first member to send holds the floor: the other's PTT
+    waits (nothing sent, said in status) until the floor is free, then takes it."""
+    ids = {"A": Identity.generate(), "B": Identity.generate()}
+    relay_id = Identity.generate()
+    rooms = {ROOM: RoomPolicy(allow=None, push_to_talk=True)}
+    server = RelayServer(
+        RelayConfig(listen=("127.0.0.1",), port=0, rooms=rooms), relay_id, control=False
+    )
+    await server.start()
+    relay_kw = {
+        "relay_address": ("127.0.0.1", server.port),
+        "relay_fingerprint": relay_id.fingerprint,
+        "relay_room": ROOM,
+    }
+    cards = {n: FakeCard() for n in "AB"}
+    for card in cards.values():
+        card.amplitude = 8000.0
+    b = await _box(
+        tmp_path, "b", ids["B"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=cards["B"].open),
+        {"alice": Contact("alice", ids["A"].fingerprint, "", 0)}, auto_answer_s=0.0, **relay_kw,
+    )  # fmt: skip
+    a = await _box(
+        tmp_path, "a", ids["A"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=cards["A"].open),
+        {"bob": Contact("bob", ids["B"].fingerprint, "", 0)}, "bob",
+        mode="full-duplex", **relay_kw,
+    )  # fmt: skip
+    try:
+        await until(
+            lambda: bool(a.h.relay and b.h.relay and a.h.relay.joined and b.h.relay.joined), 10
+        )
+        await until(lambda: ids["B"].fingerprint in a.h.relay.members, 5)  # type: ignore[union-attr]
+        a.h.place_call()
+        await until(lambda: a.h.state_name() == "active" and b.h.state_name() == "active", 15)
+        # A (full duplex, open microphone) talks first and holds the floor
+        await until(lambda: b.h.relay.floor == a.h.relay.slot, 5, "A's floor")  # type: ignore[union-attr]
+        b.h.set_ptt(True)
+        await asyncio.sleep(0.5)
+        assert b.h.floor_taken() and not b.h.talk_now()
+        assert b.h.status()["relay"]["floor_taken"] is True
+        assert any(e["kind"] == "floor" for e in b.h.events)
+        assert not b.h.call.runner.talking  # type: ignore[union-attr]
+        # A mutes: the floor is freed after 500 ms of silence, and B's held PTT takes it
+        a.h.set_ptt(True)  # full duplex: toggles mute
+        assert a.h.muted
+        await until(lambda: b.h.relay.floor == b.h.relay.slot, 5, "B's floor")  # type: ignore[union-attr]
+        await until(lambda: b.h.call.runner.talking, 2, "B talking")  # type: ignore[union-attr]
+        assert a.h.floor_taken()
+    finally:
+        await a.h.stop()
+        await b.h.stop()
+        await server.close()

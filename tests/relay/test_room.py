@@ -556,3 +556,22 @@ def test_the_room_module_is_pure() -> None:
     ]
     assert calls == []
     assert "wzp.proto.header" in names and "wzp.crypto.handshake" in names
+
+
+def test_keepalives_neither_take_nor_hold_the_floor() -> None:
+    """A silent member's keep-alives (body = the AEAD tag alone) still reach the others
+    (they carry its quality reports) but do not keep or take the floor."""
+    relay = porch(push_to_talk=True)
+    seat(relay, "a", ALICE)
+    seat(relay, "b", BOB)
+    relay.on_datagram("a", packet(1), 0.0)  # a talks: a holds the floor
+    # a's PTT is released: only keep-alives from a now, and they do not hold the floor
+    assert relay.on_datagram("a", packet(1, 1, body=16, report=True), 0.3) == Forward(("b",))
+    assert relay.rooms["porch"].floor == 1
+    released = relay.tick(FLOOR_RELEASE_S)
+    assert {a.msg for a in released} == {Floor(slot=None)}
+    # b's keep-alive is forwarded without taking the free floor; b's speech takes it
+    assert relay.on_datagram("b", packet(2, 0, body=16), 0.6) == Forward(("a",))
+    assert relay.rooms["porch"].floor is None
+    taken = relay.on_datagram("b", packet(2, 1), 0.7)
+    assert isinstance(taken, Forward) and relay.rooms["porch"].floor == 2

@@ -162,6 +162,7 @@ class Handset:
         self.events: deque[dict[str, Any]] = deque(maxlen=50)
         self.ptt_down = False
         self._call_long = False
+        self._floor_noted = False
         self.ptt_released_at = -math.inf
         self.muted = False
         self.started_at = time.monotonic()
@@ -588,8 +589,25 @@ class Handset:
 
     def talk_now(self) -> bool:
         if self.config.mode == "full-duplex":
-            return not self.muted
-        return self.ptt_down or self.now() - self.ptt_released_at < PTT_HANGOVER_S
+            wants = not self.muted
+        else:
+            wants = self.ptt_down or self.now() - self.ptt_released_at < PTT_HANGOVER_S
+        if wants and self.floor_taken():
+            # a push-to-talk room: another member holds the floor, the relay would drop
+            # what we send; the microphone waits (status and the TX LED say so)
+            if not self._floor_noted:
+                self._floor_noted = True
+                self._note("floor", "another member is talking: wait for the floor")
+            return False
+        self._floor_noted = False
+        return wants
+
+    def floor_taken(self) -> bool:
+        """In a relay call, whether another member of the room holds the floor."""
+        link = self.relay
+        if link is None or self.call is None or not isinstance(self.call.conn, RoomChannel):
+            return False
+        return link.floor is not None and link.floor != link.slot
 
     def change_volume(self, step_db: float) -> None:
         lo, hi = VOLUME_RANGE_DB
@@ -866,7 +884,11 @@ class Handset:
                 "accept": cfg.accept,
                 "default_contact": cfg.default_contact,
             },
-            "relay": self.relay.status() if self.relay is not None else None,
+            "relay": (
+                {**self.relay.status(), "floor_taken": self.floor_taken()}
+                if self.relay is not None
+                else None
+            ),
             "control": None
             if self._control is None
             else {

@@ -97,6 +97,8 @@ DROP_NOT_MEMBER = "not-a-member"
 DROP_MALFORMED = "malformed"
 DROP_WRONG_STREAM = "wrong-stream"
 DROP_NOT_FLOOR_HOLDER = "not-floor-holder"
+#: the body of an encrypted keep-alive: the 16-byte ChaCha20-Poly1305 tag of an empty payload
+KEEPALIVE_BODY = 16
 
 ConnId: TypeAlias = Hashable
 
@@ -515,7 +517,11 @@ class Relay:
         if parsed.header.stream != member.slot:
             return self._drop(DROP_WRONG_STREAM, member, len(data))
         actions: tuple[Action, ...] = ()
-        if room.policy.push_to_talk:
+        # a keep-alive (a source packet whose body is only the AEAD tag: no audio) carries
+        # a quality report while its sender is silent: it is forwarded, but it neither
+        # takes nor holds the floor of a push-to-talk room
+        keepalive = not parsed.header.is_repair and len(parsed.body) <= KEEPALIVE_BODY
+        if room.policy.push_to_talk and not keepalive:
             if room.floor is None:
                 actions = tuple(self._set_floor(room, member.slot, now))
             elif room.floor != member.slot:
