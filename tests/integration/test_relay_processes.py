@@ -1,7 +1,7 @@
 """A relay and two handset daemons, each its own process, on loopback; each handset
 reaches the relay through its own link (A's loses 30 % each way) and neither
 knows an address of the other: they meet in the relay's room. A calls B with
-`wzp call`; B answers by itself; A's speech file arrives at B's speaker file.
+`wzp call`; B answers by itself; each side's speech file arrives at the other's speaker file.
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ allow = ["{ids["a"].fingerprint_text}", "{ids["b"].fingerprint_text}"]
         for loss in (LOSS, 0.0)
     ]
     heard = tmp_path / "heard_by_b.wav"
+    heard_a = tmp_path / "heard_by_a.wav"
     try:
         spawn("relay", "--config", str(tmp_path / "relay.toml"))
         await asyncio.sleep(1.0)
@@ -123,11 +124,12 @@ allow = ["{ids["a"].fingerprint_text}", "{ids["b"].fingerprint_text}"]
         relay_fp = ids["relay"].fingerprint_text
         cfg_a = _handset_config(
             tmp_path, "a", tmp_path / "a.seed", proxies[0].port, relay_fp, "bob",
-            ids["b"].fingerprint_text, f"file:{DEFAULT_SPEECH}", "null",
+            ids["b"].fingerprint_text, f"file:{DEFAULT_SPEECH}", f"file:{heard_a}",
         )  # fmt: skip
         cfg_b = _handset_config(
             tmp_path, "b", tmp_path / "b.seed", proxies[1].port, relay_fp, "alice",
-            ids["a"].fingerprint_text, "null", f"file:{heard}", "auto_answer_s = 0.0",
+            ids["a"].fingerprint_text, f"file:{DEFAULT_SPEECH}", f"file:{heard}",
+            "auto_answer_s = 0.0",
         )  # fmt: skip
         spawn("run", "--config", str(cfg_a))
         spawn("run", "--config", str(cfg_b))
@@ -173,12 +175,13 @@ allow = ["{ids["a"].fingerprint_text}", "{ids["b"].fingerprint_text}"]
             p.close()
     for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-2000:]
-    # B's speaker file: A's speech, intelligible after 30 % loss
     sent = read_audio(DEFAULT_SPEECH)
-    assert heard.exists()
-    score = _stoi(sent, heard, skip_s=3.0)
-    assert score >= STOI_MIN[LOSS], score
-    assert np.abs(read_audio(heard).astype(np.float64)).max() > 1000
+    # both ways: each side's speaker file holds the other's speech (both full duplex)
+    for path in (heard, heard_a):
+        assert path.exists()
+        score = _stoi(sent, path, skip_s=3.0)
+        assert score >= STOI_MIN[LOSS], (path.name, score)
+        assert np.abs(read_audio(path).astype(np.float64)).max() > 1000
 
 
 @pytest.mark.slow
