@@ -82,25 +82,30 @@ fingerprint = "{peer_fp}"
     return cfg
 
 
-@pytest.mark.slow
-async def test_two_handsets_call_through_a_relay_process_over_lossy_links(tmp_path: Path) -> None:
-    assert DEFAULT_SPEECH.exists(), "run ./install.sh --dev (codec2-examples)"
+def _scene(tmp: Path) -> tuple[dict[str, Identity], int, Path, dict[str, str]]:
+    """Identities a, b and the relay (seed files in ``tmp``), a relay config whose room
+    "porch" admits a and b, and the environment for the processes."""
     ids = {n: Identity.generate() for n in ("a", "b", "relay")}
     for n, ident in ids.items():
-        write_seed(tmp_path / f"{n}.seed", ident.seed_bytes())
+        write_seed(tmp / f"{n}.seed", ident.seed_bytes())
     relay_port = _free_port()
-    (tmp_path / "relay.toml").write_text(
+    relay_cfg = tmp / "relay.toml"
+    relay_cfg.write_text(
         f"""listen = ["127.0.0.1"]
 port = {relay_port}
-identity = "{tmp_path / "relay.seed"}"
-control_socket = "{tmp_path / "relay.sock"}"
+identity = "{tmp / "relay.seed"}"
+control_socket = "{tmp / "relay.sock"}"
 [rooms.porch]
 allow = ["{ids["a"].fingerprint_text}", "{ids["b"].fingerprint_text}"]
 """
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("NOTIFY_SOCKET", None)
-    procs: list[subprocess.Popen[str]] = []
+    return ids, relay_port, relay_cfg, env
+
+
+def _spawner(env: dict[str, str], procs: list[subprocess.Popen[str]]):  # type: ignore[no-untyped-def]
+    """``spawn(*args)``: a ``wzp`` process, remembered in ``procs`` for the clean-up."""
 
     def spawn(*args: str) -> subprocess.Popen[str]:
         p = subprocess.Popen(
@@ -108,6 +113,16 @@ allow = ["{ids["a"].fingerprint_text}", "{ids["b"].fingerprint_text}"]
         )
         procs.append(p)
         return p
+
+    return spawn
+
+
+@pytest.mark.slow
+async def test_two_handsets_call_through_a_relay_process_over_lossy_links(tmp_path: Path) -> None:
+    assert DEFAULT_SPEECH.exists(), "run ./install.sh --dev (codec2-examples)"
+    ids, relay_port, relay_cfg, env = _scene(tmp_path)
+    procs: list[subprocess.Popen[str]] = []
+    spawn = _spawner(env, procs)
 
     # A reaches the relay over a 30 % lossy link, B over a clean one (both 50 ms away)
     proxies = [
@@ -117,7 +132,7 @@ allow = ["{ids["a"].fingerprint_text}", "{ids["b"].fingerprint_text}"]
     heard = tmp_path / "heard_by_b.wav"
     heard_a = tmp_path / "heard_by_a.wav"
     try:
-        spawn("relay", "--config", str(tmp_path / "relay.toml"))
+        spawn("relay", "--config", str(relay_cfg))
         await asyncio.sleep(1.0)
         for p in proxies:
             await p.start()
@@ -188,30 +203,9 @@ allow = ["{ids["a"].fingerprint_text}", "{ids["b"].fingerprint_text}"]
 async def test_relay_process_restart_mid_call(tmp_path: Path) -> None:
     """The relay process is stopped and started again mid-call: both handset daemons
     rejoin by themselves and B hears A again within 10 s, nobody pressing anything."""
-    ids = {n: Identity.generate() for n in ("a", "b", "relay")}
-    for n, ident in ids.items():
-        write_seed(tmp_path / f"{n}.seed", ident.seed_bytes())
-    relay_port = _free_port()
-    relay_cfg = tmp_path / "relay.toml"
-    relay_cfg.write_text(
-        f"""listen = ["127.0.0.1"]
-port = {relay_port}
-identity = "{tmp_path / "relay.seed"}"
-control_socket = "{tmp_path / "relay.sock"}"
-[rooms.porch]
-allow = ["{ids["a"].fingerprint_text}", "{ids["b"].fingerprint_text}"]
-"""
-    )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("NOTIFY_SOCKET", None)
+    ids, relay_port, relay_cfg, env = _scene(tmp_path)
     procs: list[subprocess.Popen[str]] = []
-
-    def spawn(*args: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen(
-            [*WZP, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        procs.append(p)
-        return p
+    spawn = _spawner(env, procs)
 
     relay_fp = ids["relay"].fingerprint_text
     cfg_a = _handset_config(
