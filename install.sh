@@ -670,6 +670,19 @@ remove_path() { # PATH [what]: rm -rf under the root, saying what happened
 
 # remove_shared OTHER_UNIT: $VENV and the wzp link, unless the other install (handset or
 # relay) still has its unit here and runs from them
+# remove_unit NAME: stop and disable the unit, remove its file, reload systemd
+remove_unit() {
+    local unit=$1
+    if systemd_running; then
+        # the unit may be unknown already (half-removed install): not an error
+        run systemctl disable --now --quiet "$unit" || true
+    fi
+    remove_path "$UNIT_DIR/$unit"
+    if systemd_running; then
+        run systemctl daemon-reload
+    fi
+}
+
 remove_shared() {
     local link
     if [ -e "$(R "$UNIT_DIR/$1")" ]; then
@@ -688,14 +701,7 @@ pi_uninstall() {
     if [ "$STAGED" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
         die "uninstalling needs root: sudo ./install.sh --uninstall"
     fi
-    if systemd_running; then
-        # the unit may be unknown already (half-removed install): not an error
-        run systemctl disable --now --quiet "$UNIT" || true
-    fi
-    remove_path "$UNIT_DIR/$UNIT"
-    if systemd_running; then
-        run systemctl daemon-reload
-    fi
+    remove_unit "$UNIT"
     remove_shared "$RELAY_UNIT"
     remove_path "$ETC/boot.toml"
     remove_path "$RUNDIR"
@@ -876,13 +882,7 @@ relay_uninstall() {
     if [ "$STAGED" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
         die "uninstalling needs root: sudo ./install.sh --relay --uninstall"
     fi
-    if systemd_running; then
-        run systemctl disable --now --quiet "$RELAY_UNIT" || true
-    fi
-    remove_path "$UNIT_DIR/$RELAY_UNIT"
-    if systemd_running; then
-        run systemctl daemon-reload
-    fi
+    remove_unit "$RELAY_UNIT"
     remove_shared "$UNIT"
     remove_path "$RELAY_RUNDIR"
     if has_user "$RELAY_USER"; then
