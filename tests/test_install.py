@@ -158,24 +158,31 @@ def test_a_live_install_refuses_to_run_without_root(args: list[str]) -> None:
 # ------------------------------------------------------------------------------ install
 
 
+def assert_staged(
+    staged: Path, unit_path: str, unit_src: Path, exec_args: str, config: str,
+    template: Path, state_dir: str, seed: str,
+) -> None:  # fmt: skip
+    """The files a staged install places, with their modes; no identity (the device makes
+    it, as the service's user: never a staged run)."""
+    unit = staged / unit_path
+    assert unit.read_bytes() == unit_src.read_bytes()
+    assert mode(unit) == 0o644
+    assert f"ExecStart={VENV}/bin/wzp {exec_args}\n" in unit.read_text()
+    assert (staged / config).read_bytes() == template.read_bytes()
+    assert mode(staged / config) == 0o640
+    assert mode(staged / "etc/wzp") == 0o755
+    assert mode(staged / state_dir) == 0o700
+    assert mode(staged / "opt/wzp") == 0o755
+    link = staged / "usr/local/bin/wzp"
+    assert link.is_symlink() and os.readlink(link) == f"{VENV}/bin/wzp"
+    assert not (staged / seed).exists()
+
+
 def test_staged_install_places_the_files_and_only_prints_commands(staged: Path) -> None:
     before = [p.exists() or p.is_symlink() for p in LIVE_PATHS]
     out = install("--root", str(staged)).stdout
 
-    unit = staged / UNIT_PATH
-    assert unit.read_bytes() == UNIT.read_bytes()
-    assert mode(unit) == 0o644
-    assert f"ExecStart={VENV}/bin/wzp run\n" in unit.read_text()
-    config = staged / CONFIG
-    assert config.read_bytes() == TEMPLATE.read_bytes()
-    assert mode(config) == 0o640
-    assert mode(staged / "etc/wzp") == 0o755
-    assert mode(staged / "var/lib/wzp") == 0o700
-    assert mode(staged / "opt/wzp") == 0o755
-    link = staged / "usr/local/bin/wzp"
-    assert link.is_symlink() and os.readlink(link) == f"{VENV}/bin/wzp"
-    # the identity is made on the device, by the daemon's user: never by a staged run
-    assert not (staged / SEED).exists()
+    assert_staged(staged, UNIT_PATH, UNIT, "run", CONFIG, TEMPLATE, "var/lib/wzp", SEED)
 
     assert would_run(out) == [
         "apt-get update",
@@ -350,20 +357,10 @@ def test_staged_relay_install_places_the_files_and_only_prints_commands(staged: 
     before = [p.exists() or p.is_symlink() for p in RELAY_LIVE_PATHS]
     out = install("--relay", "--root", str(staged)).stdout
 
-    unit = staged / RELAY_UNIT_PATH
-    assert unit.read_bytes() == RELAY_UNIT.read_bytes()
-    assert mode(unit) == 0o644
-    assert f"ExecStart={VENV}/bin/wzp relay --config /etc/wzp/relay.toml\n" in unit.read_text()
-    config = staged / RELAY_CONFIG
-    assert config.read_bytes() == RELAY_TEMPLATE.read_bytes()
-    assert mode(config) == 0o640
-    assert mode(staged / "etc/wzp") == 0o755
-    assert mode(staged / "var/lib/wzp-relay") == 0o700
-    assert mode(staged / "opt/wzp") == 0o755
-    link = staged / "usr/local/bin/wzp"
-    assert link.is_symlink() and os.readlink(link) == f"{VENV}/bin/wzp"
-    # the identity is made on the host, by the relay's user: never by a staged run
-    assert not (staged / RELAY_SEED).exists()
+    assert_staged(
+        staged, RELAY_UNIT_PATH, RELAY_UNIT, "relay --config /etc/wzp/relay.toml",
+        RELAY_CONFIG, RELAY_TEMPLATE, "var/lib/wzp-relay", RELAY_SEED,
+    )  # fmt: skip
     # nothing of the handset's
     for path in (CONFIG, UNIT_PATH, "var/lib/wzp"):
         assert not (staged / path).exists(), path
