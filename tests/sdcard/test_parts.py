@@ -17,7 +17,7 @@ import yaml
 
 from tests.sdcard.cards import CMDLINE, FIRSTRUN_IMAGER, USER_DATA_IMAGER, issue
 from wzp.sdcard import SdcardError
-from wzp.sdcard.fs import FolderFS, card_layout, read_mbr, refuse_if_mounted
+from wzp.sdcard.fs import FolderFS, card_layout, is_read_only, read_mbr, refuse_if_mounted
 from wzp.sdcard.hooks import (
     BLOCK_BEGIN,
     CMDLINE_RUN,
@@ -254,6 +254,45 @@ def test_a_mounted_device_is_refused(tmp_path: Path) -> None:
         refuse_if_mounted(Path("/dev/sdz"), mounts, sys_block)
     mounts.write_text("/dev/sda1 / ext4 rw 0 0\n")
     refuse_if_mounted(Path("/dev/sdz"), mounts, sys_block)  # not mounted: no error
+
+
+def test_a_device_mounted_through_a_loop_or_mapper_device_is_refused(tmp_path: Path) -> None:
+    """What sits on the card counts too: a loop device over it or over a partition (``mount
+    -o offset=``), with its own partitions, and a device-mapper map (kpartx); and for an
+    image file, the loop devices over it (``udisksctl loop-setup`` mounts their partitions)."""
+    sys_block = tmp_path / "sys"
+    image = tmp_path / "card.img"
+    image.write_bytes(b"")
+    (sys_block / "sdz" / "sdz1").mkdir(parents=True)
+    (sys_block / "sdz" / "sdz1" / "partition").write_text("1\n")
+    # /sys/class/block lists partitions too, with their holders
+    (sys_block / "sdz1" / "holders" / "dm-3").mkdir(parents=True)
+    for loop, backing in (("loop6", "/dev/sdz"), ("loop7", "/dev/sdz1"), ("loop8", str(image))):
+        (sys_block / loop / "loop").mkdir(parents=True)
+        (sys_block / loop / "loop" / "backing_file").write_text(backing + "\n")
+    (sys_block / "loop6" / "loop6p2").mkdir()
+    (sys_block / "loop6" / "loop6p2" / "partition").write_text("2\n")
+    (sys_block / "loop8" / "loop8p1").mkdir()
+    (sys_block / "loop8" / "loop8p1" / "partition").write_text("1\n")
+    mounts = tmp_path / "mounts"
+    for source in ("/dev/loop6p2", "/dev/loop7", "/dev/dm-3"):
+        mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\n{source} /mnt vfat ro 0 0\n")
+        with pytest.raises(SdcardError, match=rf"/dev/sdz is mounted \({source}\)"):
+            refuse_if_mounted(Path("/dev/sdz"), mounts, sys_block)
+        refuse_if_mounted(image, mounts, sys_block)  # another card's: fine
+    mounts.write_text("/dev/loop8p1 /media/me/bootfs vfat rw 0 0\n")
+    with pytest.raises(SdcardError, match=r"card\.img is mounted \(/dev/loop8p1\)"):
+        refuse_if_mounted(image, mounts, sys_block)
+    refuse_if_mounted(Path("/dev/sdz"), mounts, sys_block)
+
+
+def test_a_write_protected_device_is_recognised(tmp_path: Path) -> None:
+    for name, ro in (("sdy", "1"), ("sdz", "0")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ro").write_text(ro + "\n")
+    assert is_read_only(Path("/dev/sdy"), tmp_path)
+    assert not is_read_only(Path("/dev/sdz"), tmp_path)
+    assert not is_read_only(Path("/dev/sdx"), tmp_path)  # unknown: let the writes tell
 
 
 # ------------------------------------------------------------------------------ wheelhouse

@@ -105,7 +105,11 @@ def test_trixie_card_gets_a_runcmd_step_and_keeps_every_setting(
     assert "Trixie" in out and "cloud-init" in out and "user-data" in out
 
     files = snapshot()
-    check_payload(files, wheel, config)
+    check_prepared("trixie", files, before, wheel, config, tmp_path)
+    check_cloud_init_schema(files["user-data"], tmp_path)
+
+
+def check_trixie(files: dict[str, bytes], before: dict[str, bytes], tmp_path: Path) -> None:
     manifest = check_manifest(files, before, "trixie", "cloud-init")
     assert manifest["changed"].keys() == {"user-data"}  # type: ignore[attr-defined]
     assert manifest["added"].keys() == {"wzp.toml"}  # type: ignore[attr-defined]
@@ -127,7 +131,6 @@ def test_trixie_card_gets_a_runcmd_step_and_keeps_every_setting(
     assert new["users"][0]["ssh_authorized_keys"] == old["users"][0]["ssh_authorized_keys"]
     assert new["hostname"] == "handset"
     assert text.count(HOOK_SCRIPT) == 1
-    check_cloud_init_schema(files["user-data"], tmp_path)
 
 
 def check_cloud_init_schema(user_data: bytes, tmp_path: Path) -> None:
@@ -178,9 +181,10 @@ def test_bookworm_card_chains_onto_imagers_firstrun(
     before = snapshot()
     out = "\n".join(run_prepare(target, config, wheel))
     assert "Bookworm" in out and "firstrun.sh" in out
+    check_prepared("bookworm", snapshot(), before, wheel, config, tmp_path)
 
-    files = snapshot()
-    check_payload(files, wheel, config)
+
+def check_bookworm(files: dict[str, bytes], before: dict[str, bytes], tmp_path: Path) -> None:
     manifest = check_manifest(files, before, "bookworm", "firstrun")
     assert manifest["changed"].keys() == {"firstrun.sh"}  # type: ignore[attr-defined]
     # Imager's cmdline.txt entry starts firstrun.sh as before
@@ -210,11 +214,12 @@ def test_uncustomised_card_gets_imagers_mechanism(
 ) -> None:
     target, snapshot = make_card("plain", form, tmp_path)
     before = snapshot()
-    assert "firstrun.sh" not in before
     run_prepare(target, config, wheel)
+    check_prepared("plain", snapshot(), before, wheel, config, tmp_path)
 
-    files = snapshot()
-    check_payload(files, wheel, config)
+
+def check_plain(files: dict[str, bytes], before: dict[str, bytes], tmp_path: Path) -> None:
+    assert "firstrun.sh" not in before
     manifest = check_manifest(files, before, "bookworm", "firstrun")
     assert manifest["changed"].keys() == {"cmdline.txt"}  # type: ignore[attr-defined]
     assert manifest["added"].keys() == {"wzp.toml", "firstrun.sh"}  # type: ignore[attr-defined]
@@ -228,6 +233,22 @@ def test_uncustomised_card_gets_imagers_mechanism(
     assert re.sub(r" systemd\.run.*", "", cmdline.rstrip("\n")) + "\n" == CMDLINE
 
 
+def check_prepared(
+    kind: str,
+    files: dict[str, bytes],
+    before: dict[str, bytes],
+    wheel: Path,
+    config: Path,
+    tmp_path: Path,
+) -> None:
+    """Every file prepare placed on a ``kind`` card (``files``; ``before``: the card as it
+    was), and every original setting kept."""
+    check_payload(files, wheel, config)
+    {"trixie": check_trixie, "bookworm": check_bookworm, "plain": check_plain}[kind](
+        files, before, tmp_path
+    )
+
+
 # ------------------------------------------------------------------------------ again, undo
 
 
@@ -237,6 +258,14 @@ def test_a_second_run_writes_the_same_bytes_and_undo_restores_the_card(
     kind: str, form: str, tmp_path: Path, wheel: Path, config: Path
 ) -> None:
     target, snapshot = make_card(kind, form, tmp_path)
+    check_again_and_undo(kind, target, snapshot, config, wheel)
+
+
+def check_again_and_undo(
+    kind: str, target: Path, snapshot: Snapshot, config: Path, wheel: Path
+) -> dict[str, bytes]:
+    """Prepare twice (the second run writes the same bytes, never a second hook), then undo
+    (the card is as before). Returns what prepare placed."""
     before = snapshot()
     run_prepare(target, config, wheel)
     first = snapshot()
@@ -256,6 +285,7 @@ def test_a_second_run_writes_the_same_bytes_and_undo_restores_the_card(
     assert undo(Options(target, None, undo=True), lines.append) == 0
     assert snapshot() == before
     assert any("restored" in line or "removed" in line for line in lines)
+    return first
 
 
 def test_a_new_config_replaces_the_old_one(tmp_path: Path, wheel: Path, config: Path) -> None:

@@ -294,14 +294,34 @@ def mounted_sources(mounts_file: Path = Path("/proc/self/mounts")) -> set[str]:
 
 
 def device_partitions(device: Path, sys_block: Path = Path("/sys/class/block")) -> list[Path]:
-    """The device node and its partitions' nodes (``/dev/sdb``, ``/dev/sdb1``, ...)."""
-    name = device.resolve().name
+    """Every node a mount of the device's contents can name: the device (``/dev/sdb``), its
+    partitions (``/dev/sdb1``, ...) and what is stacked on any of these, in turn: a loop
+    device over one (``mount -o offset=``, ``losetup``) or a device-mapper one (``kpartx``).
+    ``device`` may also be an image file: then the loop devices over it (and what is stacked
+    on those) count."""
+    loops: dict[str, list[str]] = {}  # backing file or device -> loop devices over it
+    for backing in sorted(sys_block.glob("*/loop/backing_file")):
+        try:
+            source = backing.read_text().strip()
+        except OSError:
+            continue
+        loops.setdefault(str(Path(source).resolve()), []).append(backing.parent.parent.name)
     nodes = [device.resolve()]
-    folder = sys_block / name
-    if folder.is_dir():
-        for child in sorted(folder.iterdir()):
-            if child.name.startswith(name) and (child / "partition").exists():
-                nodes.append(Path("/dev") / child.name)
+    todo = list(nodes)
+    while todo:
+        node = todo.pop(0)
+        stacked = list(loops.get(str(node), ()))
+        folder = sys_block / node.name
+        if node.parent == Path("/dev") and folder.is_dir():
+            for child in sorted(folder.iterdir()):
+                if child.name.startswith(node.name) and (child / "partition").exists():
+                    stacked.append(child.name)
+            if (folder / "holders").is_dir():
+                stacked.extend(sorted(h.name for h in (folder / "holders").iterdir()))
+        for name in stacked:
+            if Path("/dev", name) not in nodes:
+                nodes.append(Path("/dev", name))
+                todo.append(Path("/dev", name))
     return nodes
 
 
@@ -310,7 +330,8 @@ def refuse_if_mounted(
     mounts_file: Path = Path("/proc/self/mounts"),
     sys_block: Path = Path("/sys/class/block"),
 ) -> None:
-    """SdcardError when the device or one of its partitions is mounted."""
+    """SdcardError when the device (or image file) or one of its partitions is mounted,
+    directly or through a loop or device-mapper device."""
     sources = mounted_sources(mounts_file)
     resolved = {str(Path(s).resolve()) for s in sources if s.startswith("/dev/")}
     busy = [str(n) for n in device_partitions(device, sys_block) if str(n) in resolved]
@@ -319,6 +340,16 @@ def refuse_if_mounted(
             f"{device} is mounted ({', '.join(busy)}): eject or unmount it first "
             f"(sudo umount {' '.join(busy)}), or pass the mounted boot folder instead"
         )
+
+
+def is_read_only(device: Path, sys_block: Path = Path("/sys/class/block")) -> bool:
+    """Whether the kernel refuses writes to the block device: an SD card whose adapter's lock
+    switch is on, ``losetup -r``, ``blockdev --setro``. (Opening it for writing still works;
+    only the writes fail, and some mtools commands exit 0 all the same.)"""
+    try:
+        return (sys_block / device.resolve().name / "ro").read_text().strip() == "1"
+    except OSError:
+        return False
 
 
 def is_block_device(path: Path) -> bool:

@@ -25,6 +25,7 @@ from .fs import (
     block_size,
     card_layout,
     is_block_device,
+    is_read_only,
     read_root_file,
     refuse_if_mounted,
 )
@@ -68,12 +69,18 @@ def open_target(path: Path) -> Target:
         return Target(FolderFS(path), "folder")
     if is_block_device(path):
         refuse_if_mounted(path)
+        if is_read_only(path):
+            raise SdcardError(
+                f"{path} is read-only (write-protected): if it is an SD card in an adapter, "
+                "slide the adapter's lock switch away from LOCK and insert it again"
+            )
         try:
             size = block_size(path)
         except OSError as exc:
             raise SdcardError(f"cannot read {path}: {exc.strerror or exc} (need sudo?)") from None
         kind, what = "device", f"device {path}"
     elif path.is_file():
+        refuse_if_mounted(path)  # attached to a loop device whose partition is mounted
         size = path.stat().st_size
         kind, what = "image", f"image {path}"
     else:
