@@ -42,7 +42,7 @@ def test_settings_read_back_from_libopus() -> None:
             bad()
 
 
-@pytest.mark.parametrize("frame_ms", [20, 40, 60])
+@pytest.mark.parametrize("frame_ms", [20, 40, 60, 120])
 def test_frame_durations(speech48: np.ndarray, frame_ms: int) -> None:
     enc, dec = OpusEncoder(16_000, frame_ms), OpusDecoder()
     for p in _packets(enc, speech48[: 48 * 240]):
@@ -89,6 +89,19 @@ def test_inband_fec_beats_plc_on_speech(long_speech48: np.ndarray) -> None:
     assert fec > plc + 5.0, (plc, fec)
     no_fec = _packets(OpusEncoder(24_000, 20, packet_loss_perc=25, inband_fec=False), long_speech48)
     assert abs(_lost_frame_snr(no_fec, fs, True) - _lost_frame_snr(no_fec, fs, False)) < 0.5
+
+
+def test_a_lost_120_ms_packet_is_concealed_whole(speech48: np.ndarray) -> None:
+    """The ladder's 120 ms packets: a lost one is filled to its full length, from the next
+    packet when it is here (libopus 1.3.1 puts no LBRR into 60 or 120 ms packets at
+    12-16 kbit/s: measured, that decode equals PLC; RaptorQ is what protects them)."""
+    packets = _packets(OpusEncoder(12_000, 120, packet_loss_perc=20), speech48)
+    assert len(packets) >= 3
+    dec = OpusDecoder()
+    assert len(dec.decode(packets[0])) == 5760
+    assert len(dec.conceal(5760, packets[2])) == 5760
+    assert len(dec.decode(packets[2])) == 5760
+    assert len(dec.conceal(5760)) == 5760
 
 
 def test_conceal_lengths(speech48: np.ndarray) -> None:

@@ -133,6 +133,8 @@ def _run_switching(
 
 PAIRS = [((a, None), (b, None)) for a, b in itertools.permutations(SWITCH_TIERS, 2)] + [
     ((C.Opus24k, 20), (C.Opus24k, 60)),
+    ((C.Opus16k, 60), (C.Opus16k, 120)),
+    ((C.Opus16k, 120), (C.Codec2_3200, 100)),
     ((C.Opus6k, 40), (C.Opus6k, 20)),
     ((C.Codec2_1200, 40), (C.Codec2_1200, 120)),
     ((C.Codec2_3200, 20), (C.Codec2_3200, 60)),
@@ -221,7 +223,7 @@ def test_frame_choices_and_defaults() -> None:
         assert CODEC_INFO[codec].frame_ms in frame_ms_choices(codec)
         assert CodecSwitcher(codec).frame_ms == CODEC_INFO[codec].frame_ms
     assert frame_ms_choices(C.Codec2_1200) == (40, 80, 120)
-    assert frame_ms_choices(C.Opus6k) == (20, 40, 60)
+    assert frame_ms_choices(C.Opus6k) == (20, 40, 60, 80, 100, 120)
 
 
 def test_multidecoder_picks_decoder_per_packet(speech48: np.ndarray) -> None:
