@@ -279,20 +279,20 @@ LEVEL_COMPLEXITY: tuple[int, ...] = (DEFAULT_COMPLEXITY, 4, 2)
 #
 #   media path (codec + FEC + crypto, both directions, pure-Python FEC as on a Pi),
 #   ms of CPU per 20 ms of audio:
-#       clear 0.44  light 0.42  heavy 0.45  dense 0.44  severe 0.44  extreme 0.18
-#   packets per second one way (K + R per block of K frames):
-#       clear 22    light 33    heavy 50    dense 61    severe 61    extreme 78
+#       clear 0.43  light 0.40  heavy 0.42  dense 0.43  severe 0.42  extreme 0.18
+#   packets per second one way (K + R per block of K packets):
+#       clear 22    light 21    heavy 33    dense 42    severe 46    extreme 78
 #
 # Every Opus tier costs the same media-path CPU (the spread, +-4 %, is noise; FEC
-# decode is under 0.4 ms per second of audio even for severe's 6+16 blocks), so
+# decode is about 0.2 ms per second of audio even for severe's 2+9 blocks), so
 # forbidding Opus tiers by "codec cost" would pretend. What differs is the packet rate:
-# the whole handset process (QUIC included) took 4.7 % of a core here at clear and 5.7 %
-# at dense (transport bench, 30 % loss): about one point for ~39 more packets a second,
-# i.e. roughly 20 points of a Zero 2 W core. So level 2 forbids the two Opus tiers with
-# the most repair packets, dense and severe (61/s each). A link that wants dense then
-# gets heavy (R=6 of 3: holds ~30 % loss instead of ~44 %), one that wants severe gets
+# the whole handset process (QUIC included) took 4.7 % of a core here at 22 packets/s
+# and 5.7 % at 61 (transport bench, 30 % loss): about one point for ~39 more packets a
+# second, i.e. roughly 20 points of a Zero 2 W core. So level 2 forbids the two Opus
+# tiers with the most repair packets, dense and severe. A link that wants dense then
+# gets heavy (R=6 of 2: holds ~35 % loss instead of ~48 %), one that wants severe gets
 # extreme: Codec2's media path costs 40 % of Opus', which outweighs its 78 packets/s.
-# heavy stays allowed: forbidding it too would drop 18-30 % loss links to light.
+# heavy stays allowed: forbidding it too would drop 20-35 % loss links to light.
 LEVEL_FORBIDDEN: tuple[frozenset[str], ...] = (
     frozenset(),
     frozenset(),

@@ -5,17 +5,32 @@ benchmark), they do not fit the link we serve: GOOD (Opus24k in 20 ms packets)
 costs ~71 kbit/s on the wire once the 12-byte header, 16-byte tag and 60 bytes of
 QUIC/UDP/IP are counted, so a 100 kbit/s link cannot carry a full-duplex call, and
 its 0.2 repair ratio cannot hold 30 % loss. The packet overhead, not the codec, is
-what costs: Opus at 16 kbit/s in 60 ms packets scores PESQ-WB 4.27 for 27 kbit/s on
-the wire. So this ladder uses long packets and spends the budget on RaptorQ repair.
+what costs: Opus at 12 kbit/s scores PESQ-WB 4.03 in 60 ms packets and the same in
+120 ms ones (10 kbit/s: 3.50), but a 120 ms packet pays the 88 bytes once where two
+60 ms ones pay them twice. So the ladder sends 120 ms packets as soon as there is
+loss and spends what that saves on RaptorQ repair: more repair symbols in the same
+kbit/s, and blocks of only K = 2, so the FEC wait stays at 120 ms. The clean tier
+keeps 60 ms packets (less latency when nothing needs repair).
+
+Every lossy Opus tier is a block of K = 2 packets plus R repairs: a block is lost
+only when fewer than 2 of its 2 + R packets arrive. Each tier's ``up_loss`` is the
+random loss at which that starts to happen to about 1 block in 100 (binomial):
+light (R 3) ~20 %, heavy (R 6) ~35 %, dense (R 8) ~48 %, severe (R 9, at 11 kbit/s
+to fit 100 kbit/s) ~58 %; above that Codec2 3200 with 27 repairs per 4 packets
+takes over. ``down_loss`` is where the lighter tier is safe again (hysteresis).
+Under bursty loss (Gilbert, mean burst 3 packets) the same block sizes lose more:
+one burst can take most of a 5-10 packet block; the media benchmark measures how
+much.
 
 Each tier is a :class:`~wzp.proto.profiles.Profile` (codec id, repair ratio, packet
 duration, K) plus what the profile does not carry: the Opus bitrate (the codec id's
 nominal bitrate is informational; every Opus id decodes alike), the number of
 Codec2 frames per packet follows from the packet duration. The controller moves
-down the ladder (more protection) as loss rises; each tier's ``up_loss`` is the
-loss above which it is left for the next one, ``down_loss`` the loss under which
-the previous tier is taken back (hysteresis). Every tier fits a 100 kbit/s link in
-push-to-talk use with all headers counted; the first two fit 50 kbit/s.
+down the ladder (more protection) as loss rises. Every tier fits a 100 kbit/s link
+in push-to-talk use with all headers counted; the first two fit 50 kbit/s.
+(Opus in-band FEC stays on with the loss hint, but libopus 1.3.1 puts no LBRR into
+60 or 120 ms packets at 12-16 kbit/s: measured, a lost packet decoded from the next
+one's FEC equals PLC. RaptorQ is what protects these tiers.)
 """
 
 from __future__ import annotations
@@ -60,11 +75,11 @@ def _p(codec: CodecId, ratio: float, frame_ms: int, k: int) -> Profile:
 #: count per block: ceil(K * ratio) in f32 must give that R (checked in the tests).
 LADDER: tuple[Tier, ...] = (
     Tier("clear", _p(CodecId.Opus16k, 0.33, 60, 3), 16_000, up_loss=0.02, down_loss=0.0),
-    Tier("light", _p(CodecId.Opus16k, 1.0, 60, 3), 12_000, up_loss=0.18, down_loss=0.008),
-    Tier("heavy", _p(CodecId.Opus16k, 2.0, 60, 3), 16_000, up_loss=0.30, down_loss=0.11),
-    Tier("dense", _p(CodecId.Opus16k, 2.66, 60, 3), 12_000, up_loss=0.44, down_loss=0.24),
-    Tier("severe", _p(CodecId.Opus16k, 2.66, 60, 6), 12_000, up_loss=0.56, down_loss=0.36),
-    Tier("extreme", _p(CodecId.Codec2_3200, 6.75, 100, 4), None, up_loss=1.01, down_loss=0.48),
+    Tier("light", _p(CodecId.Opus16k, 1.5, 120, 2), 12_000, up_loss=0.20, down_loss=0.008),
+    Tier("heavy", _p(CodecId.Opus16k, 3.0, 120, 2), 12_000, up_loss=0.35, down_loss=0.12),
+    Tier("dense", _p(CodecId.Opus16k, 4.0, 120, 2), 12_000, up_loss=0.48, down_loss=0.26),
+    Tier("severe", _p(CodecId.Opus16k, 4.5, 120, 2), 11_000, up_loss=0.58, down_loss=0.38),
+    Tier("extreme", _p(CodecId.Codec2_3200, 6.75, 100, 4), None, up_loss=1.01, down_loss=0.50),
 )
 
 #: wzp phase 1's profiles as tiers, for interoperability and the baselines.

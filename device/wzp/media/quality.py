@@ -44,15 +44,28 @@ class Unwrapper:
         return ext
 
 
+#: packets below which the window's loss is only a hint: at call start one lost packet
+#: out of six read as 17 % loss, and a first report of 33 % sent a 10 % link to the
+#: 80 kbit/s tier for ten seconds. Under it the estimate is scaled down by
+#: ``packets / MIN_LOSS_SAMPLE``: the first loss still brings protection at once (a
+#: lossy link gets the light tier within half a second), but no collapse to the top.
+MIN_LOSS_SAMPLE = 20
+#: packets below which there is no estimate at all
+MIN_LOSS_PACKETS = 4
+
+
 class LossWindow:
     """Loss before FEC over the packets of the last ``window_s`` seconds.
 
     Expected packets = the span of extended seqs first seen in the window; received
-    = distinct seqs in it. A late packet still counts as received.
+    = distinct seqs in it. A late packet still counts as received. No estimate (None)
+    under ``MIN_LOSS_PACKETS``; under ``full_sample`` packets the estimate is scaled
+    down in proportion (see :data:`MIN_LOSS_SAMPLE`).
     """
 
-    def __init__(self, window_s: float = 3.0) -> None:
+    def __init__(self, window_s: float = 3.0, full_sample: int = MIN_LOSS_SAMPLE) -> None:
         self.window_s = window_s
+        self.full_sample = full_sample
         self._unwrap = Unwrapper(16)
         self._events: deque[tuple[float, int]] = deque()
 
@@ -65,14 +78,19 @@ class LossWindow:
         while self._events and self._events[0][0] < cutoff:
             self._events.popleft()
 
-    def loss(self, now: float) -> float | None:
-        """Fraction lost (0..1) in the window, or None with too few packets to tell."""
+    def loss(self, now: float, raw: bool = False) -> float | None:
+        """Fraction lost (0..1) in the window, or None with too few packets to tell.
+        ``raw``: not scaled down on a small sample (the playout's FEC wait wants to know
+        of the very first loss)."""
         self._trim(now)
-        if len(self._events) < 4:
+        if not self._events:
             return None
         seqs = {s for _, s in self._events}
         expected = max(seqs) - min(seqs) + 1
-        return max(0.0, 1.0 - len(seqs) / expected)
+        if expected < MIN_LOSS_PACKETS:
+            return None
+        loss = max(0.0, 1.0 - len(seqs) / expected)
+        return loss if raw else loss * min(1.0, expected / self.full_sample)
 
 
 class JitterMeter:
@@ -96,8 +114,10 @@ COLLAPSE_MARGIN = 0.20
 #: row (the first report's window and two more) fall under its ``down_loss``: under
 #: bursty loss one 3 s window can show twice the link's mean loss
 UNDO_REPORTS = 3
-#: a report this soon after the one that forced a tier, with the same loss, is a copy
-#: of it (each report rides on up to ``REPORT_COPIES`` packets), not a confirmation
+#: each report rides on up to ``REPORT_COPIES`` packets (endpoint): the same four bytes
+#: again within ``COPY_S`` of their first arrival are a copy, not news. Counting copies
+#: as reports let one noisy 3 s window confirm itself (two copies = two "consecutive"
+#: reports over a limit) and smoothed it two or three times over.
 COPY_S = 0.3
 REPORT_COPIES = 3
 
@@ -114,8 +134,10 @@ class ControllerState:
     forced: Tier | None = None
     #: losses of the reports since, all under ``forced.down_loss``
     since_forced: list[float] = field(default_factory=list)
-    forced_by: tuple[float, float] = (0.0, float("-inf"))  # (loss, time) of that report
-    copies: int = 0  # copies of that report seen since
+    #: the last report taken (not a copy), when it first arrived, and copies of it since
+    last: QualityReport | None = None
+    last_at: float = float("-inf")
+    copies: int = 0
 
 
 class QualityController:
@@ -127,7 +149,7 @@ class QualityController:
       ``confirm_reports`` consecutive reports over the limit, except that a report
       more than ``COLLAPSE_MARGIN`` above it moves at once, as far as it calls for.
       A tier such a single report forced is only provisional: if the next
-      ``UNDO_REPORTS`` reports (its own copies aside) all fall under the tier's
+      ``UNDO_REPORTS`` reports all fall under the tier's
       ``down_loss``, the controller goes straight to the tier their mean calls for
       (bursty loss can show one 3 s window at twice the link's mean); one report at
       or over ``down_loss`` confirms it, and the usual slow climb applies.
@@ -140,6 +162,7 @@ class QualityController:
     * ``cap_kbps`` from the peer's report excludes tiers whose nominal wire rate is
       above it, unless no tier fits.
     * RTT is never an input.
+    * A copy of the last report (``COPY_S``, ``REPORT_COPIES``) changes nothing.
     * The peer may recommend more protection (``QualityUpdate.recommended_profile``,
       sent when the loss it hears *after* FEC stays high, as under bursty loss, which
       the 4-byte report cannot show). A recommendation sets a floor for
@@ -151,7 +174,7 @@ class QualityController:
         ladder: tuple[Tier, ...] = LADDER,
         start: Tier | None = None,
         *,
-        alpha_up: float = 0.3,
+        alpha_up: float = 0.5,
         alpha_down: float = 0.2,
         recover_reports: int = 16,
         confirm_reports: int = 2,
@@ -219,6 +242,10 @@ class QualityController:
     def on_report(self, report: QualityReport, now: float = 0.0) -> Tier:
         """Feed one report from the peer; returns the tier to use from the next block."""
         st = self.state
+        if report == st.last and now - st.last_at < COPY_S and st.copies < REPORT_COPIES - 1:
+            st.copies += 1
+            return st.tier
+        st.last, st.last_at, st.copies = report, now, 0
         loss = report.loss_percent / 100.0
         if st.reports == 0:
             st.smoothed_loss = loss  # no history yet: the first report is the estimate
@@ -231,17 +258,8 @@ class QualityController:
         top = len(self.ladder) - 1
         wanted = i
         collapse = i < top and loss > self.ladder[i].up_loss + COLLAPSE_MARGIN
-        copy = (
-            loss == st.forced_by[0]
-            and now - st.forced_by[1] < COPY_S
-            and st.copies < REPORT_COPIES - 1
-        )
-        if copy:
-            st.copies += 1
-        if (
-            st.forced is not None
-            and not copy
-            and (st.forced is not st.tier or collapse or loss >= st.tier.down_loss)
+        if st.forced is not None and (
+            st.forced is not st.tier or collapse or loss >= st.tier.down_loss
         ):
             st.forced, st.since_forced = None, []  # confirmed, or left anyway
         if collapse:
@@ -251,9 +269,6 @@ class QualityController:
             st.smoothed_loss = max(st.smoothed_loss, loss)
             st.good_reports = st.high_reports = 0
             st.forced, st.since_forced = self._settle(wanted), []
-            st.forced_by, st.copies = (loss, now), 0
-        elif st.forced is not None and copy:
-            pass
         elif st.forced is not None:
             # a tier one report forced, and every report since under its limit: after
             # UNDO_REPORTS of them, go where their mean points (never further down)

@@ -63,7 +63,9 @@ class StreamReceiver:
         self.last_arrival = now
         self.loss.add(header.seq, now)
         self._ratio_e = header.ratio_e
-        self.playout.set_loss(self.loss.loss(now), now)
+        # the playout's FEC wait reacts to the first loss seen (or its absence): a lost
+        # syllable at the start of a call hurts more than a noisy estimate
+        self.playout.set_loss(self.loss.loss(now, raw=True), now)
         ts = self._ts.extend(header.ts)
         if not header.is_repair and not payload:
             # keep-alive: it carried a report and a seq, and says where the sender paused
