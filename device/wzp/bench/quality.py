@@ -44,7 +44,7 @@ MODELS = (("random", 1.0), ("bursty", 3.0))
 ONE_WAY_DELAY_S = 0.300
 WARMUP_S = 6.0
 #: loss patterns (seeds) per point; the targets are checked on their mean
-SEEDS = 3
+SEEDS = 8
 #: the numbers of a point that are averaged over its seeds
 AVERAGED = (
     "pesq",
