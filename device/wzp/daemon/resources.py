@@ -287,9 +287,11 @@ LEVEL_COMPLEXITY: tuple[int, ...] = (DEFAULT_COMPLEXITY, 4, 2)
 # decode is about 0.2 ms per second of audio even for severe's 2+9 blocks), so
 # forbidding Opus tiers by "codec cost" would pretend. What differs is the packet rate:
 # the whole handset process (QUIC included) took 4.7 % of a core here at 22 packets/s
-# and 5.7 % at 61 (transport bench, 30 % loss): about one point for ~39 more packets a
-# second, i.e. roughly 20 points of a Zero 2 W core. So level 2 forbids the two Opus
-# tiers with the most repair packets, dense and severe. A link that wants dense then
+# and 5.7 % at 61 (transport bench, 30 % loss, the earlier ladder of 60 ms packets):
+# about one point for ~39 more packets a second, i.e. roughly 20 points of a Zero 2 W
+# core. (With this ladder 30 % loss runs heavy at 33 packets/s: 5.8 % against 6.0 % at
+# 0 %, the same within the noise.) So level 2 forbids the two Opus tiers with the most
+# repair packets, dense and severe. A link that wants dense then
 # gets heavy (R=6 of 2: holds ~35 % loss instead of ~48 %), one that wants severe gets
 # extreme: Codec2's media path costs 40 % of Opus', which outweighs its 78 packets/s.
 # heavy stays allowed: forbidding it too would drop 20-35 % loss links to light.
