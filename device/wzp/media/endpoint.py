@@ -19,7 +19,7 @@ import numpy as np
 
 from ..crypto.media import MediaCrypto
 from ..fec.backend import FecBackend, default_backend
-from ..proto.f32 import encode_ratio, repair_count
+from ..proto.f32 import repair_count
 from ..proto.signal import QualityUpdate, QualityUpdateReport
 from .ladder import LADDER, Tier
 from .playout import FrameDecoder, PlayoutConfig
@@ -148,12 +148,13 @@ class MediaEndpoint:
 
     def on_quality_update(self, msg: QualityUpdate, now: float) -> None:
         """The peer's QualityUpdate (signalling): its recommended profile is a floor."""
+        p = msg.recommended_profile
+        # by repair count, not the header's ratio field: that one stops at 2.0 and would
+        # read dense or severe as heavy
         idx = self._ladder_index(
-            int(msg.recommended_profile.codec),
-            msg.recommended_profile.frame_duration_ms,
-            msg.recommended_profile.frames_per_block,
-            encode_ratio(msg.recommended_profile.fec_ratio),
-        )
+            int(p.codec), p.frame_duration_ms, p.frames_per_block,
+            repair_count(p.frames_per_block, p.fec_ratio),
+        )  # fmt: skip
         if idx is not None:
             self.sender.request_tier(self.controller.on_recommendation(idx, now))
 
@@ -162,13 +163,14 @@ class MediaEndpoint:
         out, self._signals = self._signals, []
         return out
 
-    def _ladder_index(self, codec: int, frame_ms: int, k: int, ratio_e: int) -> int | None:
+    def _ladder_index(self, codec: int, frame_ms: int, k: int, r: int) -> int | None:
+        """The ladder tier of a block shape: codec id, packet duration, K and repairs."""
         for i, t in enumerate(self.ladder):
-            if (int(t.codec), t.frame_ms, t.k, encode_ratio(t.profile.fec_ratio)) == (
+            if (int(t.codec), t.frame_ms, t.k, repair_count(t.k, t.profile.fec_ratio)) == (
                 codec,
                 frame_ms,
                 k,
-                ratio_e,
+                r,
             ):
                 return i
         return None

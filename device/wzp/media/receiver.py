@@ -23,6 +23,9 @@ from .quality import LossWindow, Unwrapper
 
 #: open FEC blocks kept per stream (older ones are past their playout time)
 MAX_OPEN_BLOCKS = 12
+#: blocks over which the sender's repair count is taken (the most seen in one of them):
+#: the last repairs of all four are lost together at 40 % loss once in 40 times
+SHAPE_BLOCKS = 4
 
 
 @dataclass
@@ -32,6 +35,7 @@ class _Block:
     ts0: int | None = None  # media time of the block's first frame
     frame_ms: int | None = None
     shape_seen: bool = False
+    max_repair: int = -1  # the highest repair ESI seen: K + R - 1 once the last arrived
 
 
 @dataclass
@@ -52,9 +56,13 @@ class StreamReceiver:
         self.recovered = 0
         self.malformed = 0
         self.last_arrival: float | None = None
-        self._ratio_e = 0
+        #: (codec, frame ms, K) and repairs seen (highest ESI - K + 1) of recent blocks
+        self._repairs: OrderedDict[int, tuple[tuple[int, int, int], int]] = OrderedDict()
         self._shapes: deque[tuple[int, int]] = deque(maxlen=6)  # (span, frame) ms, recent blocks
-        #: what the sender uses now, as seen in its packets: (codec, frame ms, K, ratio field)
+        #: what the sender uses now, as seen in its packets: (codec, frame ms, K, R). R is
+        #: the most repairs seen in one of the last ``SHAPE_BLOCKS`` blocks of that shape:
+        #: the header's 7-bit ratio field stops at 2.0, which the ladder's tiers from heavy
+        #: up all exceed, so it cannot tell them apart
         self.sender_shape: tuple[int, int, int, int] | None = None
         self.shape_since = 0.0
 
@@ -62,7 +70,6 @@ class StreamReceiver:
         self.packets += 1
         self.last_arrival = now
         self.loss.add(header.seq, now)
-        self._ratio_e = header.ratio_e
         # the playout's FEC wait reacts to the first loss seen (or its absence): a lost
         # syllable at the start of a call hurts more than a noisy estimate
         self.playout.set_loss(self.loss.loss(now, raw=True), now)
@@ -85,6 +92,7 @@ class StreamReceiver:
                 self.malformed += 1
                 return
             block.ts0 = ts
+            block.max_repair = max(block.max_repair, header.symbol)
         else:
             dur = self._duration_ms(header.codec, payload) or 0
             self.playout.insert(ts, header.codec, payload, now, recovered=False, dur_ms=dur)
@@ -94,6 +102,21 @@ class StreamReceiver:
                 block.ts0 = ts - header.symbol * block.frame_ms
             block.decoder.add_source(header.symbol, payload)
         self._recover(block, header.codec, now)
+        self._track_shape(header.block, block, header.codec, now)
+
+    def _track_shape(self, block_id: int, block: _Block, codec: int, now: float) -> None:
+        k = block.decoder.k
+        if k is None or not block.frame_ms or block.max_repair < k:
+            return
+        key = (codec, block.frame_ms, k)
+        self._repairs[block_id] = (key, block.max_repair - k + 1)
+        self._repairs.move_to_end(block_id)
+        while len(self._repairs) > SHAPE_BLOCKS:
+            self._repairs.popitem(last=False)
+        r = max(n for kk, n in self._repairs.values() if kk == key)
+        shape = (*key, r)
+        if shape != self.sender_shape:
+            self.sender_shape, self.shape_since = shape, now
 
     def _duration_ms(self, codec: int, payload: bytes) -> int | None:
         try:
@@ -107,9 +130,6 @@ class StreamReceiver:
             # the largest recent block sets the wait: a short block closed early (push-to-
             # talk released, tier switch) must not shrink the buffer under the next one
             block.shape_seen = True
-            shape = (codec, block.frame_ms, dec.k, self._ratio_e)
-            if shape != self.sender_shape:
-                self.sender_shape, self.shape_since = shape, now
             self._shapes.append((dec.k * block.frame_ms, block.frame_ms))
             self.playout.set_block_span(
                 max(s for s, _ in self._shapes), max(f for _, f in self._shapes)
