@@ -34,8 +34,9 @@ from ..media.codecs import DEFAULT_COMPLEXITY
 from ..media.ladder import LADDER, Tier
 from ..media.playout import FrameFate
 from ..proto.codecs import CodecId
+from ..proto.f32 import repair_count
 from ..proto.profiles import Profile
-from ..sim.link import LinkConfig, derive_seed
+from ..sim.link import Link, LinkConfig, derive_seed
 from .callsim import CallResult, simulate_call
 from .speech import DEFAULT_SPEECH, load_speech, resample, to_int16, write_wav
 
@@ -60,6 +61,8 @@ AVERAGED = (
     "link_loss_measured",
 )
 SAMPLE_RATE = 48_000
+#: packets of each simulated loss pattern the block-failure table replays
+PATTERN_PACKETS = 40_000
 
 #: the two baselines: one tier each, no RaptorQ repair (ratio 0, K = 1), Opus at
 #: complexity 10 (libopus 1.3 puts no in-band FEC into 16 kbit/s packets below that)
@@ -281,6 +284,12 @@ def run_quality(
         "cpu_seconds": round(time.process_time() - t0, 1),
         "points": points,
         "checks": evaluate_targets(points),
+        "block_failures": {
+            "what": "share of each tier's blocks (K + R consecutive packets, every offset) "
+            f"that the link model leaves with fewer than K packets, over {PATTERN_PACKETS} "
+            "packets per point: RaptorQ's failures alone, no codec or tier switching",
+            "models": block_failures(LADDER, models, losses, seed),
+        },
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
@@ -338,6 +347,41 @@ def _mean_point(model: str, loss: int, system: str, runs: list[dict[str, Any]]) 
     point["recommendations"] = sum(r["recommendations"] for r in runs)
     point["per_seed"] = runs
     return point
+
+
+def block_failures(
+    ladder: tuple[Tier, ...] = LADDER,
+    models: tuple[tuple[str, float], ...] = MODELS,
+    losses: tuple[int, ...] = LOSSES,
+    seed: int = 1,
+    packets: int = PATTERN_PACKETS,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{model: {loss %: {tier: share}}}``: the share of each tier's blocks (K sources
+    and R repairs, consecutive packets, at every offset) that the link's own loss
+    process leaves with fewer than K packets, i.e. RaptorQ's failures with nothing else
+    in the way (no codec, no tier switch, no jitter buffer). It shows what burstiness
+    alone does to each block size at the same mean loss."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for model, burst in models:
+        per_loss: dict[str, dict[str, float]] = {}
+        for loss in losses:
+            if not loss:
+                continue
+            cfg = LinkConfig(loss=loss / 100, burst=burst)
+            link = Link(cfg, derive_seed(seed, f"blocks-{model}-{loss}"))
+            for i in range(packets):
+                link.send(i.to_bytes(4, "big"), float(i))
+            received = np.zeros(packets, dtype=bool)
+            for _, data in link.deliver(float(packets)):
+                received[int.from_bytes(data, "big")] = True
+            got = np.concatenate(([0], np.cumsum(received, dtype=np.int64)))
+            rates = {}
+            for tier in ladder:
+                n = tier.k + repair_count(tier.k, tier.profile.fec_ratio)
+                rates[tier.name] = round(float(np.mean((got[n:] - got[:-n]) < tier.k)), 5)
+            per_loss[str(loss)] = rates
+        out[model] = per_loss
+    return out
 
 
 def _get(points: list[dict[str, Any]], model: str, loss: int, system: str) -> dict[str, Any] | None:

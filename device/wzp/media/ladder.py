@@ -13,11 +13,14 @@ kbit/s, and blocks of only K = 2, so the FEC wait stays at 120 ms. The clean tie
 keeps 60 ms packets (less latency when nothing needs repair).
 
 Every lossy Opus tier is a block of K = 2 packets plus R repairs: a block is lost
-only when fewer than 2 of its 2 + R packets arrive. Each tier's ``up_loss`` is the
-random loss at which that starts to happen to about 1 block in 100 (binomial):
-light (R 3) ~20 %, heavy (R 6) ~35 %, dense (R 8) ~48 %, severe (R 9, at 11 kbit/s
-to fit 100 kbit/s) ~58 %; above that Codec2 3200 with 27 repairs per 4 packets
-takes over. ``down_loss`` is where the lighter tier is safe again (hysteresis).
+only when fewer than 2 of its 2 + R packets arrive. Under random loss that happens to
+1 block in 100 at 22 % for light (R 3), 41 % for heavy (R 6), 50 % for dense (R 8)
+and 53 % for severe (R 9, at 11 kbit/s to fit 100 kbit/s) (binomial; the quality
+benchmark's ``block_failures`` measures it on the link model). Each tier's
+``up_loss`` sits near that point: light 20 %, heavy 35 % (0.4 % of blocks: dense
+costs only rate there), dense 48 %, severe 58 % (2 % of blocks, still better speech
+than Codec2 3200, which takes over above it with 27 repairs per 4 packets, on the
+benchmark). ``down_loss`` is where the lighter tier is safe again (hysteresis).
 Under bursty loss (Gilbert, mean burst 3 packets) the same block sizes lose more:
 one burst can take most of a 5-10 packet block; the media benchmark measures how
 much.
