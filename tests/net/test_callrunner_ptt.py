@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from wzp.net.callrunner import PREROLL_S, CallRunner
+from wzp.net.callrunner import HANGUP_COPIES, HANGUP_RESEND_S, PREROLL_S, CallRunner
+from wzp.proto.session import EndReason, State
+from wzp.proto.signal import Hangup, HangupReason
 
 
 class FakeEngine:
@@ -80,3 +84,57 @@ async def test_key_down_sends_the_preroll_first_and_release_stops_sending() -> N
     for t in range(31, 40):
         runner._tick(t * 0.02)
     assert len(engine.captured) == sent and engine.stops == 1
+
+
+class HangingUpEngine(FakeEngine):
+    """A call that the runner hangs up at ``max_duration``: one Hangup message, then the
+    session is over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.media = None
+        self.session = SimpleNamespace(live=True, end_reason=None)
+        self.state = None
+        self._out: list = []
+
+    def hangup(self, now: float) -> None:
+        self._out.append(Hangup(HangupReason.Normal))
+        self.session.live = False
+        self.session.end_reason = EndReason.NORMAL
+        self.state = State.CLOSED
+
+    def take_messages(self) -> list:
+        out, self._out = self._out, []
+        return out
+
+
+class LossyConn:
+    """Acknowledges nothing until the ``acked_after``-th copy of a message is sent."""
+
+    def __init__(self, acked_after: int) -> None:
+        self.rtt = None
+        self.acked_after = acked_after
+        self.sent: list[tuple[int, float]] = []  # (stream, loop time)
+
+    def send_message(self, msg: object) -> int:
+        self.sent.append((len(self.sent) * 4, asyncio.get_running_loop().time()))
+        return self.sent[-1][0]
+
+    def message_delivered(self, stream: int) -> bool:
+        return len(self.sent) >= self.acked_after and stream == self.sent[-1][0]
+
+    def send_datagram(self, data: bytes) -> bool:
+        return True
+
+
+async def test_a_hangup_is_resent_spaced_out_until_one_copy_is_acknowledged() -> None:
+    """Copies sent together share a UDP packet and are lost together: each copy of the
+    Hangup goes out on its own, HANGUP_RESEND_S after the last, until one is acknowledged
+    (here the fourth)."""
+    engine, conn = HangingUpEngine(), LossyConn(acked_after=4)
+    runner = CallRunner(engine, conn, NumberedMic(), Sink())  # type: ignore[arg-type]
+    await runner.run(max_duration=0.05)
+    times = [t for _, t in conn.sent]
+    assert len(times) == 4 <= HANGUP_COPIES
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(g >= HANGUP_RESEND_S - 0.03 for g in gaps), gaps
