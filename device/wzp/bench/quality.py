@@ -136,6 +136,32 @@ def align_delay(ref: np.ndarray, deg: np.ndarray, rate: int, max_lag_s: float) -
     return out
 
 
+def align_in_pieces(
+    ref: np.ndarray, deg: np.ndarray, rate: int, piece_s: float = 2.0, margin_s: float = 0.25
+) -> np.ndarray:
+    """``deg`` (already aligned as a whole) aligned again ``piece_s`` at a time, each piece
+    within +-``margin_s`` of where the whole put it (the demo's STOI; the benchmark keeps
+    one alignment: at 0 % loss pieces cost it 0.03 of STOI at their seams).
+
+    The jitter buffer steps its delay in one go (it grows when the block span grows,
+    shrinks in a pause): the speech after the step is shifted by it. Shifted speech is
+    as intelligible as before, but one alignment for the whole recording scores the shift
+    (STOI compares 384 ms frames sample-aligned), not intelligibility.
+    """
+    piece, margin = int(piece_s * rate), int(margin_s * rate)
+    padded = np.concatenate((np.zeros(margin), deg, np.zeros(margin)))
+    out = np.zeros(len(ref))
+    for start in range(0, len(ref), piece):
+        chunk = ref[start : start + piece]
+        if len(chunk) < rate // 2:
+            out[start:] = deg[start : start + len(chunk)]
+            break
+        window = padded[start : start + len(chunk) + 2 * margin]
+        # the window starts a margin early, so the piece sits a margin into it
+        out[start : start + len(chunk)] = align_delay(chunk, window, rate, 2 * margin_s)
+    return out
+
+
 def _scores(ref: np.ndarray, ref_rate: int, out48: np.ndarray) -> dict[str, float | None]:
     from pesq import pesq
     from pystoi import stoi

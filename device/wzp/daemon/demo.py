@@ -96,30 +96,22 @@ def _press(board: Board, factory: Any, role: str, hold_s: float) -> Callable[[],
 def _stoi(said: np.ndarray, heard: np.ndarray) -> float | None:
     """STOI of what was heard against what was said (None without the bench extra).
 
-    The heard audio is aligned in 2 s pieces: the jitter buffer may shorten a pause
-    between words (inaudible), which moves the speech after it a little earlier; one
-    alignment for the whole recording would score that shift, not intelligibility.
+    The heard audio is aligned in 2 s pieces (``align_in_pieces``): the jitter buffer
+    may shorten a pause between words (inaudible), which moves the speech after it a
+    little earlier; one alignment for the whole recording would score that shift, not
+    intelligibility.
     """
     try:
         from pystoi import stoi
 
-        from ..bench.quality import align_delay
+        from ..bench.quality import align_delay, align_in_pieces
         from ..bench.speech import resample
     except ImportError:
         return None
     rate = 16_000
     ref = resample(said, SAMPLE_RATE, rate)
     deg = align_delay(ref, resample(heard, SAMPLE_RATE, rate), rate, 2.0)
-    piece, margin = 2 * rate, rate // 4
-    padded = np.concatenate((np.zeros(margin), deg, np.zeros(margin)))
-    out = np.zeros_like(ref)
-    for start in range(0, len(ref), piece):
-        chunk = ref[start : start + piece]
-        if len(chunk) < rate // 2:
-            out[start:] = deg[start:]
-            break
-        window = padded[start : start + len(chunk) + 2 * margin]
-        out[start : start + len(chunk)] = align_delay(chunk, window, rate, 2 * margin / rate)
+    out = align_in_pieces(ref, deg, rate)
     return round(float(stoi(ref, out, rate, extended=False)), 3)
 
 
