@@ -104,6 +104,13 @@ allow = ["{ids["a"].fingerprint_text}", "{ids["b"].fingerprint_text}"]
     return ids, relay_port, relay_cfg, env
 
 
+async def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``wzp *args`` (a command to a running daemon), run off the event loop."""
+    return await asyncio.to_thread(
+        subprocess.run, [*WZP, *args], capture_output=True, text=True, env=env
+    )
+
+
 def _spawner(env: dict[str, str], procs: list[subprocess.Popen[str]]):  # type: ignore[no-untyped-def]
     """``spawn(*args)``: a ``wzp`` process, remembered in ``procs`` for the clean-up."""
 
@@ -156,10 +163,7 @@ async def test_two_handsets_call_through_a_relay_process_over_lossy_links(tmp_pa
             return a["state"] == b["state"] == "joined" and len(a["members"]) == 2
 
         await _until(joined, 40, "both handsets in the room")
-        res = await asyncio.to_thread(
-            subprocess.run, [*WZP, "call", "bob", "--socket", str(sock_a)],
-            capture_output=True, text=True, env=env,
-        )  # fmt: skip
+        res = await _cli(env, "call", "bob", "--socket", str(sock_a))
         assert res.returncode == 0, res.stderr
 
         def active() -> bool:
@@ -171,10 +175,7 @@ async def test_two_handsets_call_through_a_relay_process_over_lossy_links(tmp_pa
         await asyncio.sleep(13.0)  # the whole recording (10.8 s) crosses
         st = await asyncio.to_thread(request, sock_b, "status")
         assert st["call"]["direction"] == "incoming" and st["call"]["peer"] == "alice"
-        res = await asyncio.to_thread(
-            subprocess.run, [*WZP, "hangup", "--socket", str(sock_a)],
-            capture_output=True, text=True, env=env,
-        )  # fmt: skip
+        res = await _cli(env, "hangup", "--socket", str(sock_a))
         assert res.returncode == 0, res.stderr
         await _until(
             lambda: request(sock_b, "status", timeout=2)["last_call"] is not None, 15, "hang-up"
@@ -235,10 +236,7 @@ async def test_relay_process_restart_mid_call(tmp_path: Path) -> None:
         spawn("run", "--config", str(cfg_a))
         spawn("run", "--config", str(cfg_b))
         await _until(joined, 40, "both handsets in the room")
-        res = await asyncio.to_thread(
-            subprocess.run, [*WZP, "call", "bob", "--socket", str(sock_a)],
-            capture_output=True, text=True, env=env,
-        )  # fmt: skip
+        res = await _cli(env, "call", "bob", "--socket", str(sock_a))
         assert res.returncode == 0, res.stderr
         await _until(b_hears, 20, "B to hear A through the relay")
         # the relay goes away and comes back on the same address
@@ -253,10 +251,7 @@ async def test_relay_process_restart_mid_call(tmp_path: Path) -> None:
         a_st, b_st = status(sock_a), status(sock_b)
         assert a_st["state"] == b_st["state"] == "active"  # the same call, never ended
         assert a_st["relay"]["joins"] == 2 and b_st["relay"]["joins"] == 2
-        await asyncio.to_thread(
-            subprocess.run, [*WZP, "hangup", "--socket", str(sock_a)],
-            capture_output=True, text=True, env=env,
-        )  # fmt: skip
+        await _cli(env, "hangup", "--socket", str(sock_a))
     finally:
         for p in reversed(procs):
             if p.poll() is None:
