@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from wzp.audio.files import Discard, FileSink, FileSource, Silence, read_audio
-from wzp.bench.quality import align_delay
+from wzp.bench.quality import align_delay, align_in_pieces
 from wzp.bench.speech import DEFAULT_SPEECH
 from wzp.crypto.identity import Identity
 from wzp.daemon.identity_store import write_seed
@@ -105,7 +105,8 @@ def _stoi(sent: np.ndarray, heard_path: Path, skip_s: float = 0.0) -> float:
 
     That part is located on its own: the far end records from its connection on, the
     speech starts once the call is up (several retransmitted round trips on a lossy
-    link), and a tier change early in the call steps the playout delay.
+    link), and a tier change early in the call steps the playout delay. Later steps
+    are followed piece by piece (``align_in_pieces``).
     """
     from pystoi import stoi
     from scipy.signal import resample_poly
@@ -116,7 +117,13 @@ def _stoi(sent: np.ndarray, heard_path: Path, skip_s: float = 0.0) -> float:
     located = _locate(ref16, deg16, 16_000)
     # refine to the sample (Opus keeps the waveform; for Codec2 this changes little)
     located = align_delay(ref16, located, 16_000, max_lag_s=0.05)
-    return float(stoi(ref16, located, 16_000))
+    # or in 2 s pieces, as the demo scores, whichever fits better: the jitter buffer
+    # shrinks its delay in pauses (and grows it when the far end's block span grows),
+    # which shifts the speech after the step, and one alignment scores that shift
+    # (caller at 30 %: 0.845 with nothing concealed); the pieces' seams cost a few
+    # hundredths when there is no step (0 %: 0.93 against 0.98)
+    pieces = align_in_pieces(ref16, located, 16_000)
+    return max(float(stoi(ref16, located, 16_000)), float(stoi(ref16, pieces, 16_000)))
 
 
 @pytest.mark.parametrize("loss", sorted(STOI_MIN))
