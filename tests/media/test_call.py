@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from wzp.bench.callsim import ReliableSim
-from wzp.crypto.handshake import Ephemeral, sign_offer
+from wzp.crypto.handshake import Ephemeral, Role, sign_offer
 from wzp.crypto.identity import Identity
 from wzp.media.call import CallEngine
 from wzp.media.codecs import make_frame_decoder, make_tier_encoder
 from wzp.media.playout import FrameFate
 from wzp.proto import signal as sig
+from wzp.proto.header import DropReason
 from wzp.proto.profiles import PHASE1_PROFILES
 from wzp.proto.session import EndReason, State
 from wzp.sim.link import Link, LinkConfig, derive_seed
@@ -44,6 +46,9 @@ class Pair:
         self.wire: list[bytes] = []
         self.captured: dict[str, list[int]] = {}
         self.pending: dict[str, int] = {}
+        #: (direction "ab"/"ba", message) -> True: that message is lost on the way
+        self.lose: Callable[[str, sig.Message], bool] = lambda key, m: False
+        self.sent: dict[str, list[sig.Message]] = {"ab": [], "ba": []}
 
     def inject(self, to: str, msg: sig.Message | bytes) -> None:
         """Deliver a message (or raw JSON) to ``to`` at once, as a hostile peer would."""
@@ -69,7 +74,9 @@ class Pair:
                     self.pending[name] = done
             eng.tick(now)
             for m in eng.take_messages():
-                self.sig[key].send(sig.encode(m), now)  # JSON on the wire
+                self.sent[key].append(m)
+                if not self.lose(key, m):
+                    self.sig[key].send(sig.encode(m), now)  # JSON on the wire
             for d in eng.take_datagrams():
                 self.wire.append(d)
                 self.links[key].send(d, now)
@@ -130,6 +137,88 @@ def test_full_call_speech_both_ways_with_rekey_and_no_gap(speech48: np.ndarray) 
     p.run(1.0)
     assert p.a.state is State.CLOSED and p.a.session.end_reason is EndReason.NORMAL
     assert p.b.state is State.CLOSED
+
+
+def _rekeys(p: Pair, key: str) -> list[sig.Rekey]:
+    return [m for m in p.sent[key] if isinstance(m, sig.Rekey)]
+
+
+def _same_keys(p: Pair) -> bool:
+    ka, kb = p.a._keys, p.b._keys
+    assert ka is not None and kb is not None
+    return ka.generation == kb.generation and ka.send_key(Role.CALLER) == kb.recv_key(Role.CALLEE)
+
+
+def _media_flows_both_ways(p: Pair, speech: np.ndarray) -> None:
+    """Both directions decode fresh speech under the current keys, nothing refused."""
+    before = {n: _fates(e)["decoded"] for n, e in (("a", p.a), ("b", p.b))}
+    p.captured.clear()
+    p.pending.clear()
+    p.run(3.0, {"a": speech, "b": speech})
+    for name, eng in (("a", p.a), ("b", p.b)):
+        assert eng.media is not None
+        assert _fates(eng)["decoded"] - before[name] > 30, name
+        drops = eng.media.receiver.drops
+        assert not (drops.keys() & {DropReason.BAD_TAG, DropReason.UNKNOWN_EPOCH}), drops
+
+
+def test_rekey_is_sent_again_until_answered(speech48: np.ndarray) -> None:
+    """The callee's answers are lost for 3 s: the caller repeats its Rekey (the same key,
+    spaced), the callee repeats its one answer, and both end on the same new keys."""
+    p = Pair(rekey_after_s=2.0)
+    p.call()
+    t_lose = p.now + 5.0
+    p.lose = lambda key, m: key == "ba" and isinstance(m, sig.Rekey) and p.now < t_lose
+    p.run(7.0, {"a": speech48, "b": speech48})
+    asks, answers = _rekeys(p, "ab"), _rekeys(p, "ba")
+    # one rekey, asked 5-7 times, 0.5 s apart (never all at once), always the same key
+    assert 5 <= len(asks) <= 8 and len({m.new_ephemeral_pub for m in asks[:5]}) == 1
+    assert len({m.new_ephemeral_pub for m in answers[:5]}) == 1  # one answer, repeated
+    assert p.a.stats.rekeys == p.b.stats.rekeys >= 1
+    assert _same_keys(p)
+    _media_flows_both_ways(p, speech48)
+
+
+def test_rekey_that_times_out_is_resumed_with_the_same_key(speech48: np.ndarray) -> None:
+    """Every answer is lost past the 10 s rekey timeout. The callee already holds the
+    epoch it answered with, so the caller must not start over with a new key: it resumes
+    the same rekey, and the first answer to arrive completes it on both sides."""
+    p = Pair(rekey_after_s=2.0)
+    p.call()
+    t_lose = p.now + 16.0
+    p.lose = lambda key, m: key == "ba" and isinstance(m, sig.Rekey) and p.now < t_lose
+    p.run(15.0, {"a": speech48, "b": speech48})
+    assert any(t.event == "rekey-timeout" for t in p.a.session.history)
+    asks = _rekeys(p, "ab")
+    assert len(asks) > 20 and len({m.new_ephemeral_pub for m in asks}) == 1
+    assert p.a.stats.rekeys == 0 and p.b.stats.rekeys == 1
+    p.run(4.0, {"a": speech48, "b": speech48})
+    assert p.a.stats.rekeys >= 1 and _same_keys(p)
+    _media_flows_both_ways(p, speech48)
+
+
+def test_late_copies_of_rekeys_change_nothing(speech48: np.ndarray) -> None:
+    """A copy of the caller's first Rekey, or of the callee's first answer, delivered
+    after a later rekey, is stale: no extra epoch on either side, media goes on."""
+    p = Pair(rekey_after_s=2.0)
+    p.call()
+    p.run(5.0, {"a": speech48, "b": speech48})
+    assert p.a.stats.rekeys == p.b.stats.rekeys >= 2 and _same_keys(p)
+    first_ask, first_answer = _rekeys(p, "ab")[0], _rekeys(p, "ba")[0]
+    rekeys, stale = (p.a.stats.rekeys, p.b.stats.rekeys), (p.a.stats.stale, p.b.stats.stale)
+    p.inject("b", first_ask)
+    p.inject("a", first_answer)
+    assert (p.a.stats.rekeys, p.b.stats.rekeys) == rekeys
+    assert (p.a.stats.stale, p.b.stats.stale) == (stale[0] + 1, stale[1] + 1)
+    assert _same_keys(p)
+    _media_flows_both_ways(p, speech48)
+
+
+def test_only_the_caller_starts_a_rekey() -> None:
+    p = Pair()
+    p.call()
+    p.b.start_rekey(p.now)
+    assert p.b.state is State.ACTIVE and not _rekeys(p, "ba") and not p.b.take_messages()
 
 
 def test_media_on_the_wire_is_encrypted(speech48: np.ndarray) -> None:

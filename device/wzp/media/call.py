@@ -22,7 +22,7 @@ once they are installed, so a rekey leaves no gap.
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -59,6 +59,13 @@ SEEN_CALL_IDS = 4096
 #: how long media under a not-yet-known epoch is held for its keys
 HOLD_NEXT_EPOCH_S = 2.0
 MAX_HELD = 256
+#: an unanswered Rekey goes out again this often, on a stream of its own, until the answer
+#: arrives (a rekey that times out is resumed with the same key, never replaced: the peer
+#: may already hold the epoch it answered with). At 60 % loss each way one copy and its
+#: answer each needed over 10 s of QUIC's backed-off retransmissions now and then
+REKEY_RESEND_S = 0.5
+#: peer rekey keys remembered, so a late copy of a Rekey already used is known as one
+REKEY_SEEN = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +125,14 @@ class CallEngine:
         self._keys: EpochKeys | None = None
         self._crypto: MediaCrypto | None = None
         self._rekey_eph: Ephemeral | None = None
-        self._peer_rekey_pub: bytes | None = None
+        #: the caller's Rekey under way (sent again until answered) and when it goes next
+        self._rekey_msg: sig.Rekey | None = None
+        self._rekey_next = 0.0
+        #: the callee's answer to the newest Rekey (pub it answered, the answer), sent
+        #: again when a copy of that Rekey comes in
+        self._rekey_answer: tuple[bytes, sig.Rekey] | None = None
+        #: every side's record of the peer's rekey keys already used
+        self._rekey_seen: deque[bytes] = deque(maxlen=REKEY_SEEN)
         self._held: list[tuple[float, bytes]] = []
         self._out_msgs: list[sig.Message] = []
         self._out_dgrams: list[bytes] = []
@@ -235,6 +249,8 @@ class CallEngine:
         self._crypto = None
         self._keys = None
         self._held.clear()
+        self._rekey_eph = self._rekey_msg = self._rekey_answer = None
+        self._rekey_seen.clear()
 
     def reset(self, now: float) -> None:
         """After a closed call, back to idle for the next one."""
@@ -402,20 +418,39 @@ class CallEngine:
             self.media.on_quality_update(msg, now)
 
     def _on_rekey(self, msg: sig.Rekey, now: float) -> None:
+        """SPEC 6.6, made safe to repeat: the caller starts a rekey and sends its Rekey
+        until the answer arrives; the callee answers each new key once and repeats that
+        same answer for copies of it; a key already used is never used again."""
         cid = self._call_id_of(msg) or b""
         if cid != self.session.call_id:
             raise StaleEvent(f"Rekey for call {cid.hex()}")
-        if self.peer_identity is None or self._keys is None:
+        if self.peer_identity is None or self._keys is None or self.role is None:
             raise SessionError("Rekey outside an active call")
         verify_rekey(self.peer_identity, msg.new_ephemeral_pub, msg.signature, cid)
-        answering = self.session.state is State.ACTIVE
-        if answering:  # the peer started it: answer with our own new key
+        pub = msg.new_ephemeral_pub
+        if self.role is Role.CALLEE:
+            if self._rekey_answer is not None and self._rekey_answer[0] == pub:
+                self._send(self._rekey_answer[1])  # our answer was lost: the same again
+                self._event(now, "rekey", "answered again")
+                return
+            if pub in self._rekey_seen:
+                raise StaleEvent("copy of an earlier Rekey")
+            if self.session.state is not State.ACTIVE:
+                raise SessionError(f"Rekey in state {self.session.state.value}")
             self._send_rekey(cid, now)
-        if self._rekey_eph is None:
-            raise SessionError("Rekey with no rekey under way")
-        # the initiator holds both keys only once our answer has arrived, so the answering
-        # side sends under the new epoch once the initiator's first new packet shows it
-        self._finish_rekey(msg.new_ephemeral_pub, now, switch_send=not answering)
+            assert self._rekey_msg is not None
+            self._rekey_answer = (pub, self._rekey_msg)
+            self._rekey_msg = None  # an answer is sent again only when asked again
+            # the initiator holds both keys only once our answer has arrived, so this side
+            # sends under the new epoch once the initiator's first new packet shows it
+            self._finish_rekey(pub, now, switch_send=False)
+            return
+        # the caller: this is the answer to the rekey under way, or a late copy
+        if pub in self._rekey_seen or self._rekey_eph is None:
+            raise StaleEvent("Rekey answer with no rekey under way")
+        if self.session.state is State.ACTIVE:  # the answer came after the rekey timed out
+            self.session.rekey_started(cid, now)
+        self._finish_rekey(pub, now, switch_send=True)
 
     # -- media ------------------------------------------------------------------------
 
@@ -437,24 +472,30 @@ class CallEngine:
         self._event(now, "state", "in call")
 
     def start_rekey(self, now: float) -> None:
-        """The caller's side of SPEC 6.6 (also callable by tests)."""
+        """The caller's side of SPEC 6.6 (also callable by tests). A rekey that timed out
+        unanswered is resumed with the same key."""
         cid = self.session.call_id
         if self.session.state is not State.ACTIVE or cid is None or self._keys is None:
             return
+        if self.role is not Role.CALLER:
+            return  # SPEC 6.6: the caller starts rekeys; two starters could cross
+        resumed = self._rekey_msg is not None
         self._send_rekey(cid, now)
-        self._event(now, "rekey", "started")
+        self._event(now, "rekey", "resumed" if resumed else "started")
 
     def _send_rekey(self, cid: bytes, now: float) -> None:
-        """Enter REKEYING with a fresh X25519 key and send it, signed (SPEC 6.6)."""
+        """Enter REKEYING and send our new X25519 key, signed (SPEC 6.6): a fresh one, or
+        the one of the caller's unanswered rekey."""
         self.session.rekey_started(cid, now)
-        self._rekey_eph = Ephemeral.generate()
-        self._send(
-            sig.Rekey(
+        if self._rekey_msg is None or self._rekey_eph is None:
+            self._rekey_eph = Ephemeral.generate()
+            self._rekey_msg = sig.Rekey(
                 new_ephemeral_pub=self._rekey_eph.public,
                 signature=sign_rekey(self.identity, self._rekey_eph, cid),
                 call_id=_hex(cid),
             )
-        )
+        self._send(self._rekey_msg)
+        self._rekey_next = now + REKEY_RESEND_S
 
     def _finish_rekey(self, peer_new_pub: bytes, now: float, switch_send: bool = True) -> None:
         assert self._rekey_eph is not None and self._keys is not None and self.role is not None
@@ -462,7 +503,9 @@ class CallEngine:
         self._keys = new
         if self._crypto is not None:
             self._crypto.install(new, now, switch_send=switch_send)
+        self._rekey_seen.append(peer_new_pub)
         self._rekey_eph = None
+        self._rekey_msg = None
         self._epoch_started = now
         self.stats.rekeys += 1
         cid = self.session.call_id or b""
@@ -522,6 +565,13 @@ class CallEngine:
         for msg in self.media.take_signals():
             self._send(msg)
         self._held = [(at, d) for at, d in self._held if now - at < HOLD_NEXT_EPOCH_S]
+        if (
+            self.session.state is State.REKEYING
+            and self._rekey_msg is not None
+            and now >= self._rekey_next
+        ):
+            self._send(self._rekey_msg)  # not answered yet: another copy
+            self._rekey_next = now + REKEY_RESEND_S
         if self.role is Role.CALLER and self.session.state is State.ACTIVE and self._crypto:
             due = self._crypto.rekey_due(now)
             if self.rekey_after_s is not None:
