@@ -7,12 +7,14 @@
 #   ./install.sh --root DIR            the same, staged under DIR: files are written there with
 #                                      their modes; commands that change the live system are
 #                                      printed as "would run: ..." instead (details below)
-#   sudo ./install.sh --wheel FILE [--offline DIR]
+#   sudo ./install.sh --wheel FILE [--offline DIR [--debs DIR]]
 #                                      the same from a built wheel instead of this checkout,
-#                                      with its dependencies from a folder of wheels (no index):
-#                                      what the first-boot hook of `wzp sdcard prepare` runs
+#                                      with its dependencies from a folder of wheels (no index)
+#                                      and, with no network, the Debian packages from a folder
+#                                      of .debs: what the first-boot hook of `wzp sdcard
+#                                      prepare` runs
 #   sudo ./install.sh --uninstall [--purge] [--root DIR]
-#   sudo ./install.sh --relay [--root DIR] [--wheel FILE [--offline DIR]]
+#   sudo ./install.sh --relay [--root DIR] [--wheel FILE [--offline DIR [--debs DIR]]]
 #                                      a relay instead of the handset (any Debian host): user
 #                                      wzp-relay, the same /opt/wzp/venv, /etc/wzp/relay.toml,
 #                                      its identity, the wzp-relay unit; a host may run both
@@ -29,12 +31,16 @@ PYTHON=${PYTHON:-python3}
 #   from source on a Pi), codec2-examples (real speech for the quality benchmark).
 #   mtools, dosfstools, fdisk, e2fsprogs, cloud-init: `wzp sdcard prepare` writes FAT images
 #   with mtools, and its tests build synthetic cards and check user-data with cloud-init.
+#   debian-archive-keyring: `wzp sdcard prepare --offline` fetches the Pi's arm64 .debs with
+#   apt-get and checks their signatures with it.
 DEV_APT=(libopus0 libasound2-dev gcc codec2-examples python3-dev mtools dosfstools fdisk
-    e2fsprogs cloud-init)
+    e2fsprogs cloud-init debian-archive-keyring)
 
 # On the handset: the build needs above plus python3-venv (Debian's python3 lacks ensurepip),
 # python3-lgpio (Raspberry Pi OS archive only: the venv sees it through
 # --system-site-packages), alsa-utils (aplay/arecord/amixer for checking a card by hand).
+# Raspberry Pi OS Lite lacks libopus0, python3-dev and libasound2-dev: with no network,
+# --debs DIR supplies them (offline_debs below).
 PI_APT=(libopus0 python3-venv python3-dev gcc libasound2-dev python3-lgpio alsa-utils)
 
 # On a relay host: no sound card and no GPIO, but the same package, and pyalsaaudio is one
@@ -66,9 +72,9 @@ die() { say "error: $*"; exit 1; }
 usage() {
     cat >&2 <<USAGE
 usage: ./install.sh --dev
-       sudo ./install.sh [--root DIR] [--wheel FILE [--offline DIR]]
+       sudo ./install.sh [--root DIR] [--wheel FILE [--offline DIR [--debs DIR]]]
        sudo ./install.sh --uninstall [--purge] [--root DIR]
-       sudo ./install.sh --relay [--root DIR] [--wheel FILE [--offline DIR]]
+       sudo ./install.sh --relay [--root DIR] [--wheel FILE [--offline DIR [--debs DIR]]]
        sudo ./install.sh --relay --uninstall [--purge] [--root DIR]
   --dev        make .venv in this checkout with wzp (editable) and the test tools;
                installs missing Debian packages first when run as root
@@ -80,7 +86,11 @@ usage: ./install.sh --dev
                would change the live system are printed as "would run: ..." lines
   --wheel FILE install this wzp wheel instead of building this checkout
   --offline DIR  with --wheel: pip takes every dependency from the wheels in DIR (no index),
-               and a failed apt-get update (no network) is a warning, not an error
+               and a failed apt-get (no network) is a warning, not an error
+  --debs DIR   with --offline: when apt-get fails, the Debian packages come from the .debs
+               in DIR: a missing library (libopus0) is installed with dpkg -i; the -dev
+               packages are only unpacked into a temporary folder whose headers pip's build
+               of pyalsaaudio uses (CPATH, LIBRARY_PATH), never installed
   --uninstall  stop and remove the service, $VENV, $ETC/boot.toml and the user wzp;
                keeps $SEED and $ETC/wzp.toml
   --purge      with --uninstall: remove $STATE and $ETC too (the identity is lost)
@@ -162,6 +172,7 @@ ROOT=""
 STAGED=0
 WHEEL=""
 WHEELHOUSE=""
+DEBS=""
 WHAT=handset # or relay (--relay)
 
 R() { printf '%s%s' "$ROOT" "$1"; }
@@ -337,6 +348,15 @@ pi_apt() { # PACKAGE...
     if [ "$STAGED" -eq 1 ]; then
         run apt-get update
         run apt-get install -y --no-install-recommends "$@"
+        if [ -n "$DEBS" ]; then
+            # what an offline first boot does once apt-get has failed; the staged system's
+            # packages are unknown, so every one counts as missing
+            note "staged: with no network, the Debian packages come from $DEBS:"
+            offline_debs "$@"
+            if [ -n "$STILL_MISSING" ]; then
+                note "staged: not in $DEBS (the image must have them): $STILL_MISSING"
+            fi
+        fi
         return 0
     fi
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian or Raspberry Pi OS expected"
@@ -354,10 +374,10 @@ pi_apt() { # PACKAGE...
     export DEBIAN_FRONTEND=noninteractive
     # first: a fresh image's package lists may be empty
     if [ -n "$WHEELHOUSE" ]; then
-        if ! run apt-get update -qq; then
-            # shellcheck disable=SC2086,SC2116
-            say "warning: apt-get update failed (no network?): missing Debian packages: $(echo $missing)"
-            say "         continuing with the wheels in $WHEELHOUSE"
+        # offline: an index that cannot be fetched is an error (plain apt-get update only
+        # warns, and the install after it fails on empty lists), and --debs takes over
+        if ! run apt-get -o APT::Update::Error-Mode=any update -qq; then
+            apt_offline "apt-get update failed" "$missing"
             return 0
         fi
     else
@@ -370,9 +390,151 @@ pi_apt() { # PACKAGE...
         fi
         install+=("$p")
     done
-    if [ "${#install[@]}" -gt 0 ]; then
+    [ "${#install[@]}" -gt 0 ] || return 0
+    if [ -z "$WHEELHOUSE" ]; then
         run apt-get install -y -qq --no-install-recommends "${install[@]}"
+    elif ! run apt-get install -y -qq --no-install-recommends "${install[@]}"; then
+        apt_offline "apt-get install failed" "$(missing_debs "${install[@]}")"
     fi
+}
+
+# apt_offline WHY MISSING: an --offline install without the Debian archive: what --debs
+# supplies, then a warning naming the rest; the install goes on with the wheels
+apt_offline() {
+    local missing=$2
+    if [ -n "$DEBS" ] && [ -n "$missing" ]; then
+        # shellcheck disable=SC2086
+        offline_debs $missing
+        missing=$STILL_MISSING
+    fi
+    if [ -z "$missing" ]; then
+        note "debian packages: $1 (no network?); $DEBS had what was missing"
+        return 0
+    fi
+    # shellcheck disable=SC2086,SC2116
+    say "warning: $1 (no network?): missing Debian packages: $(echo $missing)"
+    say "         continuing with the wheels in $WHEELHOUSE"
+}
+
+# deb_of NAME: the .deb of package NAME in $DEBS, if there is one
+deb_of() {
+    local f
+    for f in "$DEBS/$1"_*.deb; do
+        if [ -f "$f" ]; then
+            printf '%s\n' "$f"
+            break
+        fi
+    done
+    return 0
+}
+
+# offline_debs PACKAGE...: the packages --debs supplies with no network. A library
+# (libopus0: it needs only libc6) is installed from its .deb with dpkg -i. python3-dev and
+# libasound2-dev never are: each pins the exact version of its runtime library, which an
+# image from another month does not have; their headers serve pip's build of pyalsaaudio
+# instead (dev_headers). Sets STILL_MISSING to the rest, space-separated.
+STILL_MISSING=""
+offline_debs() {
+    local p deb rest=() headers=()
+    for p in "$@"; do
+        case "$p" in
+            python3-dev | libasound2-dev)
+                headers+=("$p")
+                continue
+                ;;
+        esac
+        deb=$(deb_of "$p")
+        if [ -z "$deb" ]; then
+            rest+=("$p")
+        elif ! run dpkg -i "$deb"; then
+            say "warning: dpkg -i $deb failed (above)"
+            rest+=("$p")
+        fi
+    done
+    if [ "${#headers[@]}" -gt 0 ]; then
+        dev_headers
+        for p in "${headers[@]}"; do
+            [[ " $HEADERS_FOR " == *" $p "* ]] || rest+=("$p")
+        done
+    fi
+    STILL_MISSING="${rest[*]:-}"
+}
+
+# dev_headers: every -dev package in $DEBS unpacked (dpkg-deb -x; also when staged: it only
+# writes a temporary folder, removed at exit) for pip's build of pyalsaaudio from its sdist,
+# which runs in an isolated build environment that inherits this one: CPATH gets the
+# unpacked include folders (Python.h, pyconfig.h, alsa/asoundlib.h), LIBRARY_PATH a folder
+# where libasound.so points to the system's libasound.so.2 (for -lasound). Sets HEADERS_FOR
+# to which of python3-dev and libasound2-dev that stands in for.
+HEADERS=""
+HEADERS_FOR=""
+remove_headers() { [ -z "$HEADERS" ] || rm -rf "$HEADERS"; }
+dev_headers() {
+    local debs=() deb name unpacked="" multiarch py found="" f d lib="" inc
+    HEADERS_FOR=""
+    for deb in "$DEBS"/*-dev_*.deb; do
+        [ ! -f "$deb" ] || debs+=("$deb")
+    done
+    if [ "${#debs[@]}" -eq 0 ]; then
+        say "warning: no -dev packages in $DEBS: pyalsaaudio has no headers to build with"
+        return 0
+    fi
+    if ! command -v dpkg-deb >/dev/null 2>&1; then
+        say "warning: dpkg-deb not found: the -dev packages in $DEBS cannot be unpacked"
+        return 0
+    fi
+    if [ -z "$HEADERS" ]; then
+        HEADERS=$(mktemp -d "${TMPDIR:-/tmp}/wzp-headers.XXXXXX")
+        trap remove_headers EXIT
+    fi
+    for deb in "${debs[@]}"; do
+        name=${deb##*/}
+        if dpkg-deb -x "$deb" "$HEADERS"; then
+            unpacked+="${unpacked:+, }${name%%_*}"
+        else
+            say "warning: $deb could not be unpacked (above)"
+        fi
+    done
+    multiarch=$(gcc -dumpmachine 2>/dev/null) || multiarch="$(uname -m)-linux-gnu"
+    inc=$HEADERS/usr/include
+    [ ! -d "$HEADERS/usr/include/$multiarch" ] || inc+=":$HEADERS/usr/include/$multiarch"
+
+    # Python.h for the Python the venv is made from: other versions' headers would build a
+    # module that does not load
+    py=$("$PI_PYTHON" -c 'import sys; print("python%d.%d" % sys.version_info[:2])')
+    if [ -f "$HEADERS/usr/include/$py/Python.h" ]; then
+        inc+=":$HEADERS/usr/include/$py"
+        HEADERS_FOR=python3-dev
+    else
+        for f in "$HEADERS"/usr/include/python3.*/Python.h; do
+            [ ! -f "$f" ] || { f=${f%/Python.h}; found+=" ${f##*/}"; }
+        done
+        say "warning: no $py/Python.h in $DEBS${found:+ (only:$found)}: python3-dev stays missing"
+    fi
+
+    if [ -f "$HEADERS/usr/include/alsa/asoundlib.h" ]; then
+        for d in "/usr/lib/$multiarch" /usr/lib "/lib/$multiarch"; do
+            if [ -e "$(R "$d")/libasound.so.2" ]; then
+                lib=$HEADERS/wzp-lib
+                mkdir -p "$lib"
+                ln -sfn "$(R "$d")/libasound.so.2" "$lib/libasound.so"
+                HEADERS_FOR+=" libasound2-dev"
+                break
+            fi
+        done
+        if [ -z "$lib" ]; then
+            say "warning: libasound.so.2 (package libasound2) is not in $(R "/usr/lib/$multiarch"),"
+            say "         $(R /usr/lib) or $(R "/lib/$multiarch"): libasound2-dev stays missing"
+        fi
+    else
+        say "warning: no alsa/asoundlib.h in $DEBS: libasound2-dev stays missing"
+    fi
+
+    [ -n "$HEADERS_FOR" ] || return 0
+    export CPATH="$inc${CPATH:+:$CPATH}"
+    [ -z "$lib" ] || export LIBRARY_PATH="$lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+    note "build headers: unpacked $unpacked into $HEADERS for pyalsaaudio"
+    note "  (CPATH=$CPATH${lib:+ LIBRARY_PATH=$LIBRARY_PATH}; removed at exit)"
 }
 
 pi_users() {
@@ -915,7 +1077,7 @@ set_root() {
     STAGED=1
 }
 
-# set_path --wheel FILE | --offline DIR: absolute, and it must exist
+# set_path --wheel FILE | --offline DIR | --debs DIR: absolute, and it must exist
 set_path() {
     local abs
     abs=$(cd "$(dirname "$2")" 2>/dev/null && printf '%s/%s' "$(pwd)" "$(basename "$2")") || abs=""
@@ -926,8 +1088,12 @@ set_path() {
         fi
         WHEEL=$abs
     else
-        [ -d "$abs" ] || { say "--offline $2: no such folder"; exit 2; }
-        WHEELHOUSE=$abs
+        [ -d "$abs" ] || { say "$1 $2: no such folder"; exit 2; }
+        if [ "$1" = --debs ]; then
+            DEBS=$abs
+        else
+            WHEELHOUSE=$abs
+        fi
     fi
 }
 
@@ -951,7 +1117,7 @@ main() {
                 shift
                 ;;
             --root=*) set_root "${1#--root=}" ;;
-            --wheel | --offline)
+            --wheel | --offline | --debs)
                 if [ $# -lt 2 ] || [ -z "$2" ]; then
                     say "$1 needs a path"
                     usage
@@ -966,6 +1132,11 @@ main() {
     done
     if [ -n "$WHEELHOUSE" ] && [ -z "$WHEEL" ]; then
         say "--offline goes with --wheel"
+        usage
+        exit 2
+    fi
+    if [ -n "$DEBS" ] && [ -z "$WHEELHOUSE" ]; then
+        say "--debs goes with --offline"
         usage
         exit 2
     fi
@@ -987,4 +1158,5 @@ main() {
     esac
 }
 
-main "$@"
+# sourced (the tests reach single functions this way): define everything, run nothing
+(return 0 2>/dev/null) || main "$@"

@@ -3,11 +3,14 @@ the card's own boot partition against a staging root, the way ``install.sh --roo
 an install, and without a network for an ``--offline`` card. It ends with the unit
 installed, the identity created (0600) and the boot config renamed ``.applied``; a bad
 config ends as ``.error`` with the reason inside; no network (and no wheels) is logged and
-retried at the next boot."""
+retried at the next boot. An ``--offline`` card's Debian packages (real .debs built here)
+stand in for what apt-get cannot fetch: libopus0 installed with dpkg, the -dev packages only
+unpacked for pyalsaaudio's build."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.sdcard.cards import SPECS, build_image, extract_boot
+from tests.sdcard.debs import HOST_PY, card_debs, multiarch
 from wzp.sdcard.prepare import Options, prepare
 
 VENV = "/opt/wzp/venv"
@@ -42,8 +46,11 @@ def prepared_card(
 ) -> Path:
     """A prepared image's boot partition, as the Pi mounts it (here: extracted)."""
     image = build_image(SPECS[kind], tmp_path / "build")
-    house = None
+    house = debs = None
     if offline:
+        # the Python headers for the Python the rehearsal's install.sh runs with
+        debs = tmp_path / "debs"
+        card_debs(debs, python=HOST_PY)
         house = tmp_path / "house"
         house.mkdir()
         for name in (
@@ -52,7 +59,9 @@ def prepared_card(
             "setuptools-75.0.0-py3-none-any.whl",
         ):
             (house / name).write_bytes(b"wheel")
-    prepare(Options(image, config, offline=offline, wheel=wheel, wheelhouse=house), print)
+    prepare(
+        Options(image, config, offline=offline, wheel=wheel, wheelhouse=house, debs=debs), print
+    )
     return extract_boot(image, tmp_path / "boot")
 
 
@@ -104,6 +113,10 @@ def staging_root(tmp_path: Path, release: str) -> Path:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "os-release").write_text(SPECS[release].os_release)
+    # Raspberry Pi OS Lite has the ALSA library (package libasound2), not its -dev package
+    lib = root / "usr/lib" / multiarch()
+    lib.mkdir(parents=True)
+    (lib / "libasound.so.2").write_bytes(b"\x7fELF")
     return root
 
 
@@ -149,6 +162,24 @@ def test_offline_first_boot_installs_from_the_card_with_no_network(
         f"--no-index --find-links {boot}/wzp/wheels {whl}"
     ) in log
     assert "offline install: 3 files from" in log
+
+    # no network: libopus0 from the card's .deb; the -dev packages only unpacked (their
+    # headers for pyalsaaudio's build), never installed
+    lines = log.splitlines()
+    assert f"offline Debian packages: 3 from {boot}/wzp/debs" in log
+    dpkg = f"would run: dpkg -i {boot}/wzp/debs/libopus0_1.5.2-2_arm64.deb"
+    assert dpkg in lines
+    assert not [line for line in lines if "dpkg -i" in line and "-dev_" in line]
+    note = re.search(
+        rf"^build headers: unpacked libasound2-dev, libpython{re.escape(HOST_PY)}-dev "
+        r"into (\S+) for pyalsaaudio$",
+        log,
+        re.M,
+    )
+    assert note, log
+    assert not Path(note.group(1)).exists()  # removed when install.sh ended
+    pip = next(i for i, line in enumerate(lines) if " -m pip install " in line)
+    assert lines.index(dpkg) < pip
     assert "wzp.toml: applied" in log and "done: the handset is installed" in log
     assert "identity: " in log
     # the one-shot service removed itself; the ACT LED is back to its trigger

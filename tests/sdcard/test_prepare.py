@@ -321,9 +321,11 @@ def test_offline_places_the_wheelhouse(tmp_path: Path, wheel: Path, config: Path
     names = ["numpy-2.1.0-cp311-cp311-manylinux_2_17_aarch64.whl", "pyalsaaudio-0.11.0.tar.gz"]
     for name in names:
         (house / name).write_bytes(name.encode())
+    debs = tmp_path / "debs"  # prefetched: none (tests/sdcard/test_debs.py places them)
+    debs.mkdir()
     target, snapshot = make_card("trixie", "image", tmp_path)
-    out = "\n".join(run_prepare(target, config, wheel, offline=True, wheelhouse=house))
-    assert "2 wheels for an offline install" in out
+    out = "\n".join(run_prepare(target, config, wheel, offline=True, wheelhouse=house, debs=debs))
+    assert "2 wheels and 0 Debian packages" in out
     files = snapshot()
     for name in names:
         assert files[f"wzp/wheels/{name}"] == name.encode()

@@ -50,8 +50,9 @@ def add_sdcard_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     prep.add_argument(
         "--offline",
         action="store_true",
-        help="also place the aarch64 wheels (Python 3.11 and 3.13): no internet needed at "
-        "first boot",
+        help="also place the aarch64 wheels (Python 3.11 and 3.13) and the arm64 Debian "
+        "packages Raspberry Pi OS Lite lacks (libopus0, and the headers pyalsaaudio builds "
+        "with; fetched with this machine's apt-get): no internet needed at first boot",
     )
     prep.add_argument(
         "--undo", action="store_true", help="remove what prepare added, restore what it changed"

@@ -7,8 +7,8 @@
 #                                runs `firstboot.sh run` once the network is up; --now also
 #                                starts it (the system is already up under cloud-init)
 #   firstboot.sh run             the service: blinks the ACT LED, runs this folder's install.sh
-#                                with this folder's wheel (and wheels/ when the card was
-#                                prepared --offline), writes ../wzp-firstboot.log, and removes
+#                                with this folder's wheel (and wheels/ and debs/ when the card
+#                                was prepared --offline), writes ../wzp-firstboot.log and removes
 #                                the service once the install succeeded (else it runs again
 #                                at the next boot)
 #
@@ -149,7 +149,7 @@ staged_service_start() {
 }
 
 first_run() {
-    local wheels=() args=() rc
+    local wheels=() debs=() args=() rc
     log "wzp first boot: installing the handset from $HERE"
     WHEEL=""
     for w in "$HERE"/wzp-*.whl; do
@@ -164,6 +164,12 @@ first_run() {
     if [ -e "${wheels[0]}" ]; then
         args+=(--offline "$HERE/wheels")
         log "offline install: ${#wheels[@]} files from $HERE/wheels (no index)"
+        # libopus0 and the headers pyalsaaudio builds with, should apt-get have no network
+        debs=("$HERE"/debs/*.deb)
+        if [ -e "${debs[0]}" ]; then
+            args+=(--debs "$HERE/debs")
+            log "offline Debian packages: ${#debs[@]} from $HERE/debs"
+        fi
     elif ! online; then
         log "NO NETWORK: $NET_HOST cannot be reached after ${NET_WAIT}s. The install needs the"
         log "  internet (set Wi-Fi in Raspberry Pi Imager, or plug in Ethernet), or a card"

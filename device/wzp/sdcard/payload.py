@@ -1,11 +1,13 @@
 """What goes into the card's ``wzp/`` folder: this checkout's wheel, install.sh, the unit,
 the config template, the first-boot hook and, for ``--offline``, the aarch64 wheels for
-Python 3.11 (Bookworm) and 3.13 (Trixie) that the install needs.
+Python 3.11 (Bookworm) and 3.13 (Trixie) that the install needs, and the arm64 Debian
+packages a stock Raspberry Pi OS Lite lacks for it.
 """
 
 from __future__ import annotations
 
 import email.parser
+import os
 import re
 import shutil
 import subprocess
@@ -36,6 +38,16 @@ SOURCE_ONLY = ("pyalsaaudio", "opuslib")
 BUILD_TOOLS = ("setuptools>=68", "wheel")
 
 Runner = Callable[[Sequence[str]], None]
+#: runs a command in a folder
+AptRunner = Callable[[Sequence[str], Path], None]
+
+#: the card's Python by release
+RELEASE_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
+#: Raspberry Pi OS (64-bit) takes these from Debian's own arm64 archive
+DEBIAN_ARCHIVE = "http://deb.debian.org/debian"
+DEBIAN_SECURITY = "http://deb.debian.org/debian-security"
+#: Debian's archive keys (package debian-archive-keyring): apt checks the lists with them
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
 
 def checkout_root() -> Path:
@@ -173,6 +185,128 @@ def fetch_wheelhouse(
     return files
 
 
+def deb_packages(codename: str) -> list[str]:
+    """What a stock Raspberry Pi OS Lite lacks for the install (install.sh's PI_APT):
+    libopus0, which opuslib loads, and the headers pyalsaaudio builds with (python3-dev's
+    are in libpythonX.Y-dev). install.sh --debs installs the library with dpkg and only
+    unpacks the -dev packages for the build."""
+    if codename not in RELEASE_PYTHON:
+        raise SdcardError(f"--offline: no Debian packages known for release {codename!r}")
+    return ["libopus0", "libasound2-dev", f"libpython{RELEASE_PYTHON[codename]}-dev"]
+
+
+def apt_sources(codename: str, keyring: Path = DEBIAN_KEYRING) -> str:
+    """sources.list of the release's archive, its updates and its security updates, every
+    list checked against Debian's keyring alone."""
+    signed = f"[signed-by={keyring}]"
+    return (
+        f"deb {signed} {DEBIAN_ARCHIVE} {codename} main\n"
+        f"deb {signed} {DEBIAN_ARCHIVE} {codename}-updates main\n"
+        f"deb {signed} {DEBIAN_SECURITY} {codename}-security main\n"
+    )
+
+
+def apt_options(state: Path) -> list[str]:
+    """apt-get options that keep every file under ``state`` (lists, cache, dpkg status) and
+    ask for arm64 alone: no root, no lock, nothing of this machine's apt state touched, and
+    none of its trusted keys (the keyring in sources.list is the only one)."""
+    return [
+        *("-o", f"Dir={state}"),
+        *("-o", f"Dir::State::status={state}/var/lib/dpkg/status"),
+        *("-o", "APT::Architecture=arm64"),
+        *("-o", "APT::Architectures::=arm64"),
+        *("-o", "Debug::NoLocking=1"),
+        *("-o", "Dir::Etc::trusted=/dev/null"),
+        *("-o", "Dir::Etc::trustedparts=/nonexistent"),
+    ]
+
+
+def debs_commands(
+    codename: str, state: Path, dest: Path, apt_get: str = "apt-get"
+) -> list[tuple[list[str], Path]]:
+    """The apt-get runs (command, folder to run it in) that fetch the release's arm64
+    packages into ``dest``: the lists (an index that cannot be fetched is an error, not a
+    warning), then the packages (apt-get download writes into the current folder)."""
+    opts = apt_options(state)
+    wanted = [f"{name}:arm64" for name in deb_packages(codename)]
+    return [
+        ([apt_get, *opts, "-qq", "-o", "APT::Update::Error-Mode=any", "update"], state),
+        ([apt_get, *opts, "-qq", "download", *wanted], dest),
+    ]
+
+
+def _apt_state(state: Path, codename: str, keyring: Path) -> None:
+    for sub in (
+        "etc/apt/sources.list.d",
+        "etc/apt/preferences.d",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+        "var/lib/dpkg",
+    ):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+    (state / "var/lib/dpkg/status").touch()
+    (state / "etc/apt/sources.list").write_text(apt_sources(codename, keyring))
+
+
+def _run_apt(cmd: Sequence[str], cwd: Path) -> None:
+    try:
+        result = subprocess.run(
+            list(cmd),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=900,
+            env={**os.environ, "LC_ALL": "C"},
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SdcardError(f"--offline: could not run {cmd[0]}: {exc}") from None
+    if result.returncode != 0:
+        raise SdcardError(
+            "--offline: apt-get could not fetch the Pi's Debian packages (is this machine "
+            f"online?):\n$ {' '.join(cmd)}\n{(result.stderr or result.stdout).strip()}"
+        )
+
+
+def fetch_debs(
+    codename: str,
+    dest: Path,
+    run: AptRunner = _run_apt,
+    apt_get: str | None = None,
+    keyring: Path | None = None,
+) -> list[Path]:
+    """Download the release's arm64 .debs (``deb_packages``) into ``dest`` with this
+    machine's apt-get, in a private apt folder; returns the files. ``apt_get``: the
+    program (default: apt-get on PATH); ``keyring``: default ``DEBIAN_KEYRING``."""
+    wanted = deb_packages(codename)
+    keyring = DEBIAN_KEYRING if keyring is None else keyring
+    exe = shutil.which("apt-get") if apt_get is None else apt_get
+    if exe is None or not Path(exe).is_file():
+        where = "there is none on PATH" if apt_get is None else f"{apt_get} does not exist"
+        raise SdcardError(
+            f"--offline fetches the Debian packages the Pi lacks ({', '.join(wanted)}) with "
+            f"apt-get, and {where}: prepare the card on Debian, Ubuntu or Raspberry Pi OS, "
+            "or without --offline (the Pi then needs the internet at its first boot)"
+        )
+    if not keyring.is_file():
+        raise SdcardError(
+            f"--offline: {keyring} is missing: apt checks the signatures of Debian's archive "
+            "with it. Install it (sudo apt-get install debian-archive-keyring; "
+            "./install.sh --dev as root does) and run prepare again"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="wzp-apt-") as tmp:
+        state = Path(tmp)
+        _apt_state(state, codename, keyring)
+        for cmd, cwd in debs_commands(codename, state, dest, exe):
+            run(cmd, cwd)
+    files = sorted(p for p in dest.iterdir() if p.is_file() and p.suffix == ".deb")
+    lacking = [n for n in wanted if not any(p.name.startswith(f"{n}_") for p in files)]
+    if lacking:
+        raise SdcardError(f"--offline: apt-get fetched no {', '.join(lacking)}")
+    return files
+
+
 @dataclass(frozen=True)
 class Payload:
     """Files for the card's ``wzp/`` folder, card path -> bytes."""
@@ -185,11 +319,20 @@ def hook_script() -> bytes:
     return resources.files(__package__).joinpath("firstboot.sh").read_bytes()
 
 
-def card_readme(wheel_name: str, offline: bool) -> bytes:
+def card_readme(wheel_name: str, offline: bool, debs: Sequence[str] = ()) -> bytes:
+    how = "(it needs the internet once)"
+    if offline:
+        how = "and the wheels in wheels/ (no internet needed)"
+    if debs:
+        how += (
+            ".\nWith no network, debs/ supplies the Debian packages Raspberry Pi OS Lite\n"
+            "lacks: libopus0 is installed from it; the headers in the -dev packages are only\n"
+            "unpacked for building pyalsaaudio"
+        )
     text = f"""This folder was added by `wzp sdcard prepare` (the wzp handset project).
 
 At the first boot the Pi installs the handset from here: install.sh with {wheel_name}
-{"and the wheels in wheels/ (no internet needed)" if offline else "(it needs the internet once)"}.
+{how}.
 What happened is written to wzp-firstboot.log next to this folder; the config the
 handset starts with is ../wzp.toml, renamed wzp.toml.applied once applied, or
 wzp.toml.error with the reasons at its top.
@@ -199,7 +342,12 @@ manifest.json and orig/ let `wzp sdcard prepare CARD --undo` restore the card.
     return text.encode()
 
 
-def build_payload(root: Path, wheel: Path, wheelhouse: Sequence[Path] | None) -> Payload:
+def build_payload(
+    root: Path,
+    wheel: Path,
+    wheelhouse: Sequence[Path] | None,
+    debs: Sequence[Path] = (),
+) -> Payload:
     files: dict[str, bytes] = {
         f"wzp/{wheel.name}": wheel.read_bytes(),
         "wzp/install.sh": (root / "install.sh").read_bytes(),
@@ -208,8 +356,10 @@ def build_payload(root: Path, wheel: Path, wheelhouse: Sequence[Path] | None) ->
             root / "device" / "wzp" / "daemon" / "wzp.toml.template"
         ).read_bytes(),
         "wzp/firstboot.sh": hook_script(),
-        "wzp/README.txt": card_readme(wheel.name, wheelhouse is not None),
+        "wzp/README.txt": card_readme(wheel.name, wheelhouse is not None, [p.name for p in debs]),
     }
     for path in wheelhouse or ():
         files[f"wzp/wheels/{path.name}"] = path.read_bytes()
+    for path in debs:
+        files[f"wzp/debs/{path.name}"] = path.read_bytes()
     return Payload(files, wheel.name)

@@ -36,7 +36,15 @@ from .hooks import (
     chain_firstrun,
     merge_user_data,
 )
-from .payload import Payload, build_payload, build_wheel, checkout_root, fetch_wheelhouse
+from .payload import (
+    Payload,
+    build_payload,
+    build_wheel,
+    checkout_root,
+    deb_packages,
+    fetch_debs,
+    fetch_wheelhouse,
+)
 from .release import Release, detect, names
 
 MANIFEST = "wzp/manifest.json"
@@ -356,6 +364,8 @@ class Options:
     index_args: Sequence[str] = ()
     #: a prefetched wheelhouse (tests; default: fetch with pip)
     wheelhouse: Path | None = None
+    #: a folder of prefetched arm64 .debs (tests; default: fetch with apt-get)
+    debs: Path | None = None
 
 
 def undo(opts: Options, log: Log) -> int:
@@ -384,13 +394,24 @@ def prepare(opts: Options, log: Log) -> int:
     with tempfile.TemporaryDirectory(prefix="wzp-sdcard-") as tmp:
         wheel = opts.wheel or build_wheel(root, Path(tmp))
         house: list[Path] | None = None
+        debs: list[Path] = []
         if opts.offline:
+            # the Debian packages first: a host without apt-get or Debian's keyring is
+            # refused before the longer wheel downloads
+            if opts.debs is not None:
+                debs = sorted(p for p in opts.debs.iterdir() if p.is_file())
+            else:
+                log(
+                    f"fetching the Pi's Debian packages (arm64, {release.codename}): "
+                    f"{', '.join(deb_packages(release.codename))} ..."
+                )
+                debs = fetch_debs(release.codename, Path(tmp) / "debs")
             if opts.wheelhouse is not None:
                 house = sorted(p for p in opts.wheelhouse.iterdir() if p.is_file())
             else:
                 log("fetching the Pi's wheels (aarch64, Python 3.11 and 3.13) ...")
                 house = fetch_wheelhouse(wheel, Path(tmp) / "wheels", opts.index_args)
-        payload = build_payload(root, wheel, house)
+        payload = build_payload(root, wheel, house, debs)
         _check_space(fs, payload)
 
         log(f"target: {fs.description}")
@@ -408,11 +429,15 @@ def prepare(opts: Options, log: Log) -> int:
     for note in plan.notes:
         log(f"  {note}")
     wheels = sum(1 for name in payload.files if name.startswith("wzp/wheels/"))
-    log(
-        f"  wzp/: {payload.wheel_name}, install.sh, firstboot.sh, the unit, "
-        + (f"{wheels} wheels for an offline install" if opts.offline else "no wheels (--offline")
-        + ("" if opts.offline else ": the first boot needs the internet)")
-    )
+    if opts.offline:
+        packages = len(debs)
+        what = (
+            f"{wheels} wheels and {packages} Debian packages (libopus0; headers for "
+            "pyalsaaudio's build) for an offline install"
+        )
+    else:
+        what = "no wheels (--offline: the first boot needs the internet)"
+    log(f"  wzp/: {payload.wheel_name}, install.sh, firstboot.sh, the unit, {what}")
     log(f"  {MANIFEST}: what `wzp sdcard prepare {opts.target} --undo` restores")
     log(
         "next: put the card in the Pi and power it on; the ACT LED blinks three times, "
