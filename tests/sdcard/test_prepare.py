@@ -33,7 +33,7 @@ from wzp.sdcard import SdcardError
 from wzp.sdcard.commands import add_sdcard_parser
 from wzp.sdcard.hooks import BLOCK_BEGIN, CMDLINE_RUN, FIRSTRUN_NEW, HOOK_SCRIPT, RUNCMD_ENTRY
 from wzp.sdcard.payload import checkout_root, hook_script
-from wzp.sdcard.prepare import Options, prepare, undo
+from wzp.sdcard.prepare import Options, open_target, prepare, undo
 
 ROOT = checkout_root()
 Snapshot = Callable[[], dict[str, bytes]]
@@ -329,6 +329,43 @@ def test_offline_places_the_wheelhouse(tmp_path: Path, wheel: Path, config: Path
     files = snapshot()
     for name in names:
         assert files[f"wzp/wheels/{name}"] == name.encode()
+
+
+def test_a_payload_that_does_not_fit_is_refused_before_anything_is_written(
+    tmp_path: Path, wheel: Path, config: Path
+) -> None:
+    """The synthetic card's boot partition has a few MiB free (a real one has hundreds):
+    wheels bigger than that are refused up front, not half written by a full disk (a
+    folder target's check is in tests/sdcard/test_debs.py)."""
+    target, snapshot = make_card("trixie", "image", tmp_path)
+    before = snapshot()
+    house = tmp_path / "house"
+    house.mkdir()
+    (house / "numpy-2.1.0-cp313-cp313-manylinux_2_17_aarch64.whl").write_bytes(bytes(8 << 20))
+    with pytest.raises(SdcardError, match=r"MiB free, the payload needs \d+ MiB \(the --offline"):
+        run_prepare(target, config, wheel, offline=True, wheelhouse=house, debs=house)
+    assert snapshot() == before
+
+
+def test_preparing_again_counts_the_room_the_old_payload_gives_back(
+    tmp_path: Path, wheel: Path, config: Path
+) -> None:
+    """A card with room for one payload, not two, can be prepared again: the old payload
+    is removed first, so its room counts."""
+    target, snapshot = make_card("trixie", "image", tmp_path)
+    free = open_target(target).fs.free_bytes()
+    house, debs = tmp_path / "house", tmp_path / "debs"
+    house.mkdir()
+    debs.mkdir()
+    # a wheelhouse that takes 60 % of the room: one payload fits, two would not
+    (house / "numpy-2.1.0-cp313-cp313-manylinux_2_17_aarch64.whl").write_bytes(
+        bytes(int(free * 0.6))
+    )
+    run_prepare(target, config, wheel, offline=True, wheelhouse=house, debs=debs)
+    first = snapshot()
+    assert open_target(target).fs.free_bytes() < free * 0.4
+    run_prepare(target, config, wheel, offline=True, wheelhouse=house, debs=debs)
+    assert snapshot() == first
 
 
 # ------------------------------------------------------------------------------ refusals

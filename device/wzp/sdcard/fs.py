@@ -8,6 +8,7 @@ FAT compares names without case; both backends keep the case they are given.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import struct
@@ -50,6 +51,10 @@ class BootFS(Protocol):
 
     def rmtree(self, path: str) -> None:
         """Remove a folder and everything in it; absent is fine."""
+        ...
+
+    def free_bytes(self) -> int:
+        """Room left on the file system, bytes."""
         ...
 
     def listdir(self, path: str = "") -> dict[str, bool] | None:
@@ -104,6 +109,9 @@ class FolderFS:
         target = self._p(path)
         if target.is_dir():
             shutil.rmtree(target)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
 
     def listdir(self, path: str = "") -> dict[str, bool] | None:
         folder = self._p(path)
@@ -173,6 +181,15 @@ class MtoolsFS:
 
     def rmtree(self, path: str) -> None:
         self._run("mdeltree", self._card(path), ok_missing=True)
+
+    def free_bytes(self) -> int:
+        # mdir's last line: "   3 088 384 bytes free" (digits grouped by spaces)
+        out = (self._run("mdir", "::/") or b"").decode("utf-8", "replace")
+        match = re.search(r"([\d ,.']+) bytes free", out)
+        digits = re.sub(r"\D", "", match.group(1)) if match else ""
+        if not digits:
+            raise SdcardError(f"mdir on {self.description} did not say how much room is free")
+        return int(digits)
 
     def listdir(self, path: str = "") -> dict[str, bool] | None:
         out = self._run("mdir", "-b", self._card(path) if path else "::/", ok_missing=True)

@@ -412,7 +412,7 @@ def prepare(opts: Options, log: Log) -> int:
                 log("fetching the Pi's wheels (aarch64, Python 3.11 and 3.13) ...")
                 house = fetch_wheelhouse(wheel, Path(tmp) / "wheels", opts.index_args)
         payload = build_payload(root, wheel, house, debs)
-        _check_space(fs, payload)
+        _check_space(fs, payload, _tree_bytes(fs, "wzp") if manifest is not None else 0)
 
         log(f"target: {fs.description}")
         log(f"found: {release.describe()}")
@@ -447,18 +447,35 @@ def prepare(opts: Options, log: Log) -> int:
     return 0
 
 
-def _check_space(fs: BootFS, payload: Payload) -> None:
-    if not isinstance(fs, FolderFS):
-        return
-    import shutil
+#: what one file may take beyond its bytes on the card (its last FAT cluster, 32 KiB at most)
+CLUSTER_SLACK = 32 << 10
 
-    need = sum(len(d) for d in payload.files.values()) + (1 << 20)
-    free = shutil.disk_usage(fs.root).free
+
+def _check_space(fs: BootFS, payload: Payload, reclaimed: int = 0) -> None:
+    """Refuse before writing anything when the payload does not fit (a card that fills up
+    half way is left half prepared). ``reclaimed``: what the payload of an earlier run,
+    removed first, gives back."""
+    need = sum(len(d) + CLUSTER_SLACK for d in payload.files.values()) + (1 << 20)
+    free = fs.free_bytes() + reclaimed
     if free < need:
+        bulky = any(n.startswith(("wzp/wheels/", "wzp/debs/")) for n in payload.files)
         raise SdcardError(
             f"{fs.description} has {free // (1 << 20)} MiB free, the payload needs "
             f"{need // (1 << 20) + 1} MiB"
+            + (" (the --offline wheels and Debian packages are most of it)" if bulky else "")
         )
+
+
+def _tree_bytes(fs: BootFS, folder: str) -> int:
+    """Bytes of the files under ``folder`` (their cluster slack not counted: a low guess)."""
+    total = 0
+    for name, is_dir in (fs.listdir(folder) or {}).items():
+        path = f"{folder}/{name}"
+        if is_dir:
+            total += _tree_bytes(fs, path)
+        else:
+            total += len(fs.read(path) or b"")
+    return total
 
 
 def _write(fs: BootFS, plan: Plan, payload: Payload) -> None:
