@@ -422,6 +422,34 @@ async def test_a_microphone_that_captures_nothing_is_reported(
         await b.h.stop()
 
 
+async def test_a_file_backed_microphone_that_speaks_is_not_reported_silent(
+    tmp_path: Path, ids: dict[str, Identity]
+) -> None:
+    """The demo's and file-backed ports measure what passes through them, as the sound
+    card does: speech for longer than the silent-microphone limit raises nothing (they
+    used to report -96 dBFS always, so every demo call ended on the error LED)."""
+    from wzp.daemon.handset import MIC_SILENT_S
+
+    t = np.arange(48_000 * 12) / 48_000
+    tone = (6000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    mic = DemoAudio(tone)
+    a, b = await pair(
+        tmp_path, ids, mic, DemoAudio(np.zeros(0, np.int16)),
+        a_kw={"mode": "full-duplex"}, b_kw={"auto_answer_s": 0.0},
+    )  # fmt: skip
+    try:
+        a.h.place_call()
+        await until(lambda: a.h.state_name() == "active", 15, "the call")
+        mic.speak()
+        await asyncio.sleep(MIC_SILENT_S + 1.5)
+        assert -30 < mic.levels()["capture_dbfs"] < -10  # the tone, about -14.7 dBFS
+        assert "microphone" not in (a.h.last_error or "")
+        assert a.h.status_led(a.h.now()) != "error"
+    finally:
+        await a.h.stop()
+        await b.h.stop()
+
+
 async def test_a_hot_overloaded_pi_caps_the_call(tmp_path: Path, ids: dict[str, Identity]) -> None:
     """Injected readings (SoC at 82 °C, firmware throttling) cap the live call: lower
     Opus complexity on its encoder, the costliest tiers forbidden, and status says why."""

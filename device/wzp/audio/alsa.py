@@ -253,7 +253,7 @@ class AudioStats:
     periods_out: int = 0  # periods written to the card (silence included)
 
 
-class _Level:
+class LevelMeter:
     """Mean square of the last ~1 s of one stream. One writer (the audio thread)."""
 
     SLOTS = 50
@@ -333,7 +333,7 @@ class _Stream:
         self.recoveries = 0
         self.card_gone = 0
         self.frames = 0
-        self.level = _Level()
+        self.level = LevelMeter()
         self.thread: threading.Thread | None = None
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .alsa import LevelMeter
+
 SAMPLE_RATE = 48_000
 PERIOD = 960  # 20 ms
 
@@ -120,7 +122,21 @@ class Discard:
 
 class NoCardPort:
     """What a sound card port offers the daemon, for ports without a card: always "ok",
-    nothing to start, nothing to drain, no levels measured."""
+    nothing to start, nothing to drain. The levels are those of what the port's
+    ``read`` and ``write`` pass (a subclass calls ``_metered_in`` / ``_metered_out``), as
+    the sound card's are of what it captured and played: the daemon's silent-microphone
+    check reads them."""
+
+    def __init__(self) -> None:
+        self._capture_level = LevelMeter()
+        self._playback_level = LevelMeter()
+
+    def _metered_in(self, pcm: np.ndarray) -> np.ndarray:
+        self._capture_level.add(pcm)
+        return pcm
+
+    def _metered_out(self, pcm: np.ndarray) -> None:
+        self._playback_level.add(pcm)
 
     @property
     def state(self) -> str:
@@ -140,7 +156,10 @@ class NoCardPort:
         pass  # recorded audio waits for the call
 
     def levels(self) -> dict[str, float]:
-        return {"capture_dbfs": -96.0, "playback_dbfs": -96.0}
+        return {
+            "capture_dbfs": self._capture_level.dbfs(),
+            "playback_dbfs": self._playback_level.dbfs(),
+        }
 
     def describe(self) -> str:
         return "files"
@@ -158,6 +177,7 @@ class FileAudio(NoCardPort):
     """
 
     def __init__(self, capture: Path | None, playback: Path | None) -> None:
+        super().__init__()
         self.capture = capture
         self.playback = playback
         self._source: FileSource | Silence = FileSource(capture) if capture else Silence()
@@ -170,9 +190,10 @@ class FileAudio(NoCardPort):
             self._sink.close()
 
     def read(self) -> np.ndarray:
-        return self._source.read()
+        return self._metered_in(self._source.read())
 
     def write(self, pcm: np.ndarray) -> None:
+        self._metered_out(pcm)
         self._sink.write(pcm)
 
     def describe(self) -> str:

@@ -47,6 +47,7 @@ class DemoAudio(NoCardPort):
     """A handset's "sound card" in the demo: recorded speech when told to speak, a WAV out."""
 
     def __init__(self, speech: np.ndarray) -> None:
+        super().__init__()
         self.speech = speech
         self._pos: int | None = None
         self.heard: list[np.ndarray] = []
@@ -63,9 +64,10 @@ class DemoAudio(NoCardPort):
             self._pos += 960
             if self._pos >= len(self.speech):
                 self._pos = None
-        return out
+        return self._metered_in(out)
 
     def write(self, pcm: np.ndarray) -> None:
+        self._metered_out(pcm)
         self.heard.append(np.asarray(pcm, dtype=np.int16))
 
     def describe(self) -> str:

@@ -191,8 +191,8 @@ class CallRunner:
         self._hangup_next = now + HANGUP_RESEND_S
         try:
             self._hangup_streams.append(self.conn.send_message(self._hangup))
-        except Exception as exc:  # the connection is going: the peer will time out
-            log.warning("could not resend Hangup: %s", exc)
+        except Exception as exc:  # the connection is closing (the peer closed it): done
+            log.debug("no Hangup resent: %s", exc)
             self._hangup = None
 
     # -- the media clock ---------------------------------------------------------------
