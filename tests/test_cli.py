@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import wzp
 from wzp.crypto.identity import Identity
 from wzp.daemon.identity_store import write_seed
@@ -84,3 +86,71 @@ def test_no_command_prints_help() -> None:
     result = _wzp()
     assert result.returncode == 2
     assert "identity" in result.stderr
+
+
+def test_an_installed_handset_means_its_identity_for_every_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user other than root on a handset: the daemon's state folder (0700) exists, and
+    the identity meant is the handset's, never a new one of the user's own."""
+    from wzp import cli
+
+    system = tmp_path / "var/lib/wzp/identity.seed"
+    monkeypatch.setattr(cli, "SYSTEM_IDENTITY", system)
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("WZP_IDENTITY", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "home"))
+    assert cli.default_identity_path() == tmp_path / "home/wzp/identity.seed"  # not installed
+    system.parent.mkdir(parents=True)
+    system.parent.chmod(0o700)
+    assert cli.default_identity_path() == system
+
+
+@pytest.mark.parametrize("daemon_fp", [None, "2081:9d7d:864a:95b6:7d22:fd20:70f0:9790"])
+def test_an_unreadable_handset_identity_asks_the_daemon_or_says_sudo(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    daemon_fp: str | None,
+) -> None:
+    from wzp import cli
+    from wzp.daemon import identity_store
+
+    def denied(path: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(identity_store, "load_or_create_seed", denied)
+    monkeypatch.setattr(cli, "_daemon_fingerprint", lambda: daemon_fp)
+    args = cli.build_parser().parse_args(["identity", "--path", str(tmp_path / "id.seed")])
+    rc = args.func(args)
+    out, err = capsys.readouterr()
+    if daemon_fp is None:
+        assert rc == 2 and "sudo wzp identity" in err and "Traceback" not in err
+        assert out == ""
+    else:
+        assert rc == 0 and out.strip() == daemon_fp
+
+
+def test_dial_and_listen_say_why_in_words() -> None:
+    """A connect timeout has no text of its own ("cannot reach host:port: " said nothing),
+    and a connection that ended before any call is not "call ended: no call ()"."""
+    from types import SimpleNamespace
+
+    from wzp import cli
+    from wzp.proto.session import EndReason
+
+    assert cli._why(TimeoutError()) == "no answer (timed out)"
+    assert cli._why(ConnectionRefusedError(111, "Connection refused")) == (
+        "[Errno 111] Connection refused"
+    )
+    engine = SimpleNamespace(
+        session=SimpleNamespace(end_detail=""), stats=SimpleNamespace(rekeys=2)
+    )
+    conn = SimpleNamespace(close_reason="peer fingerprint mismatch")
+    assert cli._ended(None, engine, conn) == (
+        "connection closed with no call (peer fingerprint mismatch)"
+    )
+    engine.session.end_detail = "peer hung up"
+    assert cli._ended(EndReason.NORMAL, engine, conn) == (
+        "call ended: Normal (peer hung up); rekeys 2"
+    )

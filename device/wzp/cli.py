@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
@@ -15,14 +16,45 @@ SYSTEM_IDENTITY = Path("/var/lib/wzp/identity.seed")
 
 
 def default_identity_path() -> Path:
-    """``$WZP_IDENTITY``; else the system path for root; else the user's data folder."""
+    """``$WZP_IDENTITY``; else the system path for root and on an installed handset (its
+    state folder exists, even when this user may not look inside); else the user's data
+    folder."""
     env = os.environ.get("WZP_IDENTITY")
     if env:
         return Path(env)
-    if os.geteuid() == 0 or SYSTEM_IDENTITY.exists():
+    if os.geteuid() == 0 or _installed(SYSTEM_IDENTITY.parent):
         return SYSTEM_IDENTITY
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "wzp" / "identity.seed"
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as a reason; a bare timeout says so (its text is empty)."""
+    text = str(exc)
+    if text:
+        return text
+    return "no answer (timed out)" if isinstance(exc, TimeoutError) else type(exc).__name__
+
+
+def _ended(reason: object, engine: Any, conn: Any) -> str:
+    """The line ``wzp listen``/``dial`` print when a connection's call is over."""
+    if reason is None:  # the connection ended before any call came up on it
+        why = engine.session.end_detail or conn.close_reason or "no call offered"
+        return f"connection closed with no call ({why})"
+    return (
+        f"call ended: {reason.value} ({engine.session.end_detail}); "  # type: ignore[attr-defined]
+        f"rekeys {engine.stats.rekeys}"
+    )
+
+
+def _installed(state_dir: Path) -> bool:
+    """Whether the handset's state folder is there. It is 0700 for the daemon's user: a
+    test of the seed file itself raises PermissionError for others (Python 3.11) or says
+    False (3.13), and a user's own new identity would then be made and shown instead."""
+    try:
+        return state_dir.is_dir()
+    except OSError:
+        return False
 
 
 def _cmd_identity(args: argparse.Namespace) -> int:
@@ -48,7 +80,11 @@ def _cmd_identity(args: argparse.Namespace) -> int:
         if fp is not None:
             print(fp)
             return 0
-        print(f"wzp identity: {exc}", file=sys.stderr)
+        print(
+            f"wzp identity: {path} is readable by root and the daemon only, and no daemon "
+            f"answered: run sudo wzp identity ({exc.strerror or exc})",
+            file=sys.stderr,
+        )
         return 2
     except (SeedFileError, IsADirectoryError, NotADirectoryError) as exc:
         print(f"wzp identity: {exc}", file=sys.stderr)
@@ -139,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "quality",
         help="real speech through the whole pipeline over a simulated lossy link",
         description="Speech quality (PESQ, STOI), residual loss, delay and wire rate at "
-        "0-70 %% loss, random and bursty, 300 ms one-way delay, against two Opus baselines.",
+        "0-70 % loss, random and bursty, 300 ms one-way delay, against two Opus baselines.",
     )
     q.add_argument("--out", type=Path, required=True, help="JSON results file")
     q.add_argument("--speech", type=Path, help="8 or 16 kHz mono WAV, or raw s16 at 8 kHz")
@@ -270,6 +306,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                 make_tier_encoder,
                 make_frame_decoder,
                 accept=(lambda fp: fp in allowed) if allowed else (lambda fp: True),
+                refusal="is not in --allow",
                 alias=args.alias,
                 rekey_after_s=args.rekey_after,
             )
@@ -292,11 +329,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                 if first:
                     active.clear()
                     _close_audio(sink, device)
-            print(
-                f"call ended: {reason.value if reason else 'no call'} "
-                f"({engine.session.end_detail}); rekeys {engine.stats.rekeys}",
-                flush=True,
-            )
+            print(_ended(reason, engine, conn), flush=True)
             for ev in engine.take_events():
                 if ev.kind in ("refused", "stale", "error"):
                     print(f"  {ev.kind}: {ev.detail}", flush=True)
@@ -353,7 +386,7 @@ def _cmd_dial(args: argparse.Namespace) -> int:
             return 1
         except (OSError, ConnectionError, TimeoutError) as exc:
             print(
-                f"wzp dial: cannot reach {host}:{port}: {exc or type(exc).__name__}",
+                f"wzp dial: cannot reach {host}:{port}: {_why(exc)}",
                 file=sys.stderr,
             )
             return 1
@@ -371,11 +404,7 @@ def _cmd_dial(args: argparse.Namespace) -> int:
         finally:
             await conn.aclose(runner.close_phrase())
             _close_audio(sink, device)
-        print(
-            f"call ended: {reason.value if reason else 'no call'} "
-            f"({engine.session.end_detail}); rekeys {engine.stats.rekeys}",
-            flush=True,
-        )
+        print(_ended(reason, engine, conn), flush=True)
         return 0 if reason is not None and reason.value == "Normal" else 1
 
     try:

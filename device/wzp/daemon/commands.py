@@ -108,8 +108,15 @@ def cmd_config(args: argparse.Namespace) -> int:
         sys.stdout.write(render_template())
         return 0
     if args.action == "check":
+        path = Path(args.config)
+        if not path.exists() and path != DEFAULT_CONFIG:
+            # the daemon starts on the defaults without a file; a path typed by hand that
+            # is not there is a mistake, not a valid configuration
+            print(f"wzp: configuration refused: {path} does not exist", file=sys.stderr)
+            return EXIT_CONFIG
         cfg = load_daemon_config(args)
-        print(f"configuration OK ({', '.join(str(p) for p in cfg.sources) or 'defaults'})")
+        sources = ", ".join(str(p) for p in cfg.sources)
+        print(f"configuration OK ({sources or f'defaults: there is no {path}'})")
         return 0
     # apply-boot (root, from the unit's ExecStartPre)
     boot = find_boot_config(BOOT_DIRS)
@@ -300,10 +307,13 @@ def _local_checks(args: argparse.Namespace) -> str:
         cfg = None
     if cfg is not None:
         ident = cfg.identity_path
-        if ident.exists():
+        try:
+            ident.stat()
             out.append(f" ✓ identity   {ident} exists")
-        else:
+        except FileNotFoundError:
             out.append(f" ✗ identity   {ident} missing (the daemon creates it at start)")
+        except OSError as exc:  # its folder is the daemon's (0700): not for this user
+            out.append(f" ? identity   {ident}: cannot look ({exc.strerror}; sudo shows it)")
     cards = list_cards()
     if cards:
         names = ", ".join(f"{c.id} ({c.name})" for c in cards)
@@ -419,6 +429,7 @@ def _test_board_locally(args: argparse.Namespace, show: Any) -> int:
 
 
 def _test_audio(args: argparse.Namespace) -> int:
+    from ..audio.cards import list_cards, resolve_device
     from ..audio.probe import play_tone_and_measure
 
     cfg = load_daemon_config(args)
@@ -435,9 +446,14 @@ def _test_audio(args: argparse.Namespace) -> int:
             "sudo systemctl stop wzp-phone)"
         )
         return 0
-    res = play_tone_and_measure(cfg.audio_capture, cfg.audio_playback)
-    print(res.describe() if hasattr(res, "describe") else res)
-    return 0 if res.error is None else 1
+    # the devices the daemon would open: "auto" is the first USB card, else ALSA's default
+    cards = list_cards()
+    capture = resolve_device(cfg.audio_capture, cards)
+    playback = resolve_device(cfg.audio_playback, cards)
+    res = play_tone_and_measure(capture, playback)
+    print(res.describe())
+    # a tone not heard, or a microphone that captures nothing, fails the test too
+    return 0 if res.error is None and res.tone_detected and not res.silent else 1
 
 
 def cmd_leds_off(args: argparse.Namespace) -> int:

@@ -380,12 +380,13 @@ class Handset:
             return
         except (OSError, ConnectionError, TimeoutError) as exc:
             if self._in_room(contact.fingerprint):
-                why = exc or "timeout"
+                why = str(exc) or "no answer (timed out)"
                 self._note("dial", f"{contact.address} unreachable ({why}): through the room")
                 await self._dial_room(contact)
                 return
             self.dialing = None
-            self._fail(f"cannot reach {contact.name} at {contact.address}: {exc or 'timeout'}")
+            why = str(exc) or "no answer (timed out)"
+            self._fail(f"cannot reach {contact.name} at {contact.address}: {why}")
             return
         except asyncio.CancelledError:
             self.dialing = None

@@ -43,7 +43,7 @@ from ..crypto.handshake import (
     verify_offer,
     verify_rekey,
 )
-from ..crypto.identity import Identity, fingerprint
+from ..crypto.identity import Identity, fingerprint, fingerprint_text
 from ..crypto.media import MediaCrypto
 from ..proto import signal as sig
 from ..proto.header import Datagram, DropReason, parse_datagram
@@ -100,6 +100,7 @@ class CallEngine:
         decoder_factory: Callable[[], FrameDecoder],
         *,
         accept: Callable[[bytes], bool] = lambda fp: True,
+        refusal: str = "is not a contact",
         alias: str | None = None,
         ladder: tuple[Tier, ...] = LADDER,
         rekey_after_s: float | None = None,
@@ -111,6 +112,8 @@ class CallEngine:
         self.encoder_factory = encoder_factory
         self.decoder_factory = decoder_factory
         self.accept = accept
+        #: what a caller ``accept`` refuses is, in the refusal's event
+        self.refusal = refusal
         self.alias = alias
         self.ladder = ladder
         self.rekey_after_s = rekey_after_s  # override SPEC's 10 minutes (tests, demo)
@@ -360,7 +363,7 @@ class CallEngine:
         if not self.accept(caller_fp):
             self.stats.refused["not-allowed"] += 1
             self._send(sig.Hangup(reason="Declined", call_id=_hex(call_id)), to=caller_fp)
-            self._event(now, "refused", f"caller {caller_fp.hex()} is not a contact")
+            self._event(now, "refused", f"caller {fingerprint_text(caller_fp)} {self.refusal}")
             return
         self._seen_calls[call_id] = None
         while len(self._seen_calls) > SEEN_CALL_IDS:

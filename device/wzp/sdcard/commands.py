@@ -46,7 +46,11 @@ def add_sdcard_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "written; nothing is mounted. Run it again to refresh the card; --undo restores it.",
     )
     prep.add_argument("target", metavar="TARGET", help="boot folder, .img file or block device")
-    prep.add_argument("--config", metavar="FILE", help="the handset's wzp.toml (checked first)")
+    prep.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the handset's wzp.toml, checked first (required, except with --undo)",
+    )
     prep.add_argument(
         "--offline",
         action="store_true",

@@ -121,7 +121,7 @@ def detect(fs: BootFS, os_release: str | None = None) -> Release:
     elif date is not None and date >= BOOKWORM_FIRST:
         codename = "bookworm"
     elif date is not None:
-        codename = f"a release older than Bookworm (image of {date})"
+        codename = "a release older than Bookworm"
 
     if codename not in KNOWN:
         shown = codename or "an unknown release"
