@@ -88,3 +88,21 @@ def test_config_check_refuses_a_path_that_is_not_there(
     (tmp_path / "typo.toml").write_text('[audio]\ncapture = "null"\n')
     assert cmd_config(args) == 0
     assert f"configuration OK ({tmp_path / 'typo.toml'})" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("audio", "want"),
+    [
+        ('[audio]\ncapture = "null"\nplayback = "null"\n', "✓ sound      no sound card; the"),
+        ("", "✗ sound      no sound card found"),  # "auto" needs a card
+    ],
+)
+def test_status_without_a_daemon_knows_which_configs_need_a_card(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, audio: str, want: str
+) -> None:
+    """``wzp status`` with no daemon said "no sound card found" (✗) even for a config
+    on ALSA's null device, which needs none."""
+    from wzp.daemon.commands import _local_checks
+
+    monkeypatch.setattr(cards, "list_cards", lambda: [])
+    assert want in _local_checks(_args(tmp_path, audio))

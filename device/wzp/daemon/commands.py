@@ -290,7 +290,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _local_checks(args: argparse.Namespace) -> str:
     """What can be checked without the daemon (no pins opened: lgpio claims them)."""
-    from ..audio.cards import list_cards
+    from ..audio.cards import card_of, list_cards
     from .config import ConfigError, load_config
 
     out = []
@@ -315,11 +315,19 @@ def _local_checks(args: argparse.Namespace) -> str:
         except OSError as exc:  # its folder is the daemon's (0700): not for this user
             out.append(f" ? identity   {ident}: cannot look ({exc.strerror}; sudo shows it)")
     cards = list_cards()
+    devices = [cfg.audio_capture, cfg.audio_playback] if cfg is not None else ["auto"]
+    # "null", "file:..." or a plugin such as "pulse" name no card: none is needed for them
+    needs_card = any(
+        d == "auto" or (not d.startswith("file:") and card_of(d) is not None) for d in devices
+    )
     if cards:
         names = ", ".join(f"{c.id} ({c.name})" for c in cards)
         out.append(f" ✓ sound      cards: {names}")
-    else:
+    elif needs_card:
         out.append(" ✗ sound      no sound card found in /proc/asound/cards")
+    else:
+        shown = ", ".join(dict.fromkeys(devices))
+        out.append(f" ✓ sound      no sound card; the config uses {shown}, which needs none")
     out.append("   hint       sudo systemctl status wzp-phone; journalctl -u wzp-phone -n 50")
     return "\n".join(out)
 
