@@ -29,6 +29,7 @@ from wzp.daemon.contacts import ContactStore
 from wzp.daemon.control import ControlError, request
 from wzp.daemon.demo import DemoAudio
 from wzp.daemon.handset import Handset
+from wzp.daemon.statusfmt import format_status
 
 PROFILE = load_profile("breadboard")
 
@@ -416,6 +417,13 @@ async def test_a_microphone_that_captures_nothing_is_reported(
         await until(lambda: a.h.state_name() == "active", 15, "the call")
         await until(lambda: "microphone captures nothing" in (a.h.last_error or ""), 9, "report")
         assert a.h.status_led(a.h.now()) == "error"
+        # while it lasts, status's audio line says so (not a ✓ on a silent capture)
+        st = a.h.status()
+        assert st["audio"]["state"] == "ok" and st["audio"]["capture_silent"] is True
+        line = next(ln for ln in format_status(st).splitlines() if "audio" in ln)
+        assert line.startswith(" ✗ audio") and "captures nothing" in line, line
+        card.amplitude = 8000.0  # the microphone comes back: so does the ✓
+        await until(lambda: not a.h.status()["audio"]["capture_silent"], 4, "the capture")
         assert a.h.state_name() == "active"  # reported, the call goes on
     finally:
         await a.h.stop()

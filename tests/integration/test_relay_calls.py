@@ -22,6 +22,7 @@ from wzp.audio.alsa import AudioDevice
 from wzp.crypto.identity import Identity
 from wzp.daemon.config import Contact
 from wzp.daemon.demo import DemoAudio
+from wzp.daemon.statusfmt import format_status
 from wzp.proto.header import parse_datagram
 from wzp.relay.config import RelayConfig
 from wzp.relay.room import RoomPolicy
@@ -123,6 +124,14 @@ async def test_call_through_the_relay_room_survives_a_relay_restart(tmp_path: Pa
         server = await _relay(relay_id, port, [ids["A"], ids["B"]])
         t0 = time.monotonic()
         await until(lambda: a.h.relay.joined and b.h.relay.joined, 10, "rejoin")  # type: ignore[union-attr]
+        # joined again: the relay line says so, not the dropped connection's error
+        # (which stays in --json as last_error)
+        for box in (a, b):
+            st = box.h.status()["relay"]
+            line = next(ln for ln in format_status(box.h.status()).splitlines() if "relay" in ln)
+            assert st["last_error"] and line.startswith(" ✓ relay"), st
+            assert st["last_error"].split(": ")[-1] not in line, line
+            assert st.get("error") is None
         mark = len(heard.heard)
         await until(
             lambda: len(heard.heard) - mark >= 25 and _rms(heard.heard[-25:]) > 1000, 10, "audio"
@@ -236,6 +245,10 @@ async def test_push_to_talk_room_floor(tmp_path: Path) -> None:
         await asyncio.sleep(0.5)
         assert b.h.floor_taken() and not b.h.talk_now()
         assert b.h.status()["relay"]["floor_taken"] is True
+        text = format_status(b.h.status())
+        assert "floor_taken by a (slot" in text and "your PTT waits" in text, text
+        assert "PTT held, waiting for the floor" in text
+        assert "floor: you have it" in format_status(a.h.status())
         assert any(e["kind"] == "floor" for e in b.h.events)
         assert not b.h.call.runner.talking  # type: ignore[union-attr]
         # A mutes: the floor is freed after 500 ms of silence, and B's held PTT takes it

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..audio.files import SAMPLE_RATE, NoCardPort, read_audio
 from ..board.board import Board
+from ..board.factory import make_factory
 from ..board.profile import load_profile
 from ..crypto.identity import Identity
 from ..net.udpproxy import UdpLossyProxy
@@ -163,11 +164,14 @@ async def run_demo(
             control_group=None,
         )
 
-    from gpiozero.pins.mock import MockFactory, MockPWMPin
-
     audio = {n: DemoAudio(speech[n]) for n in "AB"}
-    factories = {n: MockFactory(pin_class=MockPWMPin) for n in "AB"}
-    boards = {n: Board(load_profile("breadboard"), factories[n]) for n in "AB"}
+    # the mock pins `wzp run` uses with pin_factory = "mock", described as it describes them
+    made = {n: make_factory("mock") for n in "AB"}
+    factories = {n: made[n][0] for n in "AB"}
+    boards = {
+        n: Board(load_profile("breadboard"), factories[n], factory_description=made[n][1])
+        for n in "AB"
+    }
     # B is called: it listens first; A knows it under the proxy's address
     cfg_b = config("b", {"alice": Contact("alice", ids["A"].fingerprint, "127.0.0.1", 9)}, None)
     b = Handset(
@@ -209,11 +213,20 @@ async def run_demo(
             press = _press(boards[name], factories[name], "ptt", talk_s + 0.4)
             audio[other].spoke_at_sample = sum(len(x) for x in audio[other].heard)
             audio[name].speak()
-            await press()
+            if name == "B":
+                # A's status while B's speech comes in: the loss A measures is that of
+                # speech over the lossy link (with only B's keep-alives to count, the
+                # estimate is scaled down on so few packets)
+                talking = asyncio.ensure_future(press())
+                a.status()  # its kbit/s count from here: B's speech, not the whole call
+                await asyncio.sleep(min(3.5, talk_s * 0.75))
+                say(f"{stamp()} status of A while B talks (A receives B's speech):")
+                say("    " + format_status(a.status()).replace("\n", "\n    "))
+                await talking
+            else:
+                await press()
             say(f"{stamp()} {name} releases PTT")
             await asyncio.sleep(1.5)
-            if name == "A":
-                say(format_status(a.status()).replace("\n", "\n    "))
         say(f"{stamp()} A holds CALL (long press) to hang up")
         await _press(boards["A"], factories["A"], "call", 1.3)()
         await _wait(lambda: a.call is None and b.call is None, 15, "both to hang up")

@@ -100,6 +100,9 @@ class CallInfo:
     forbidden: frozenset[str] = frozenset()
     mic_silent_since: float | None = None
     mic_warned: bool = False
+    #: the microphone has captured nothing for MIC_SILENT_S while talking, and nothing
+    #: since (``wzp status`` shows it until the capture level comes back)
+    mic_silent: bool = False
     codecs: list[TierCodec] = field(default_factory=list)
     #: (time, frames due, concealed) samples for the post-FEC loss window
     residual: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=6))
@@ -588,11 +591,14 @@ class Handset:
             self.ptt_released_at = self.now()
         self._note("ptt", "down" if down else "up")
 
-    def talk_now(self) -> bool:
+    def wants_to_talk(self) -> bool:
+        """PTT held (or its hangover), or an unmuted full-duplex microphone."""
         if self.config.mode == "full-duplex":
-            wants = not self.muted
-        else:
-            wants = self.ptt_down or self.now() - self.ptt_released_at < PTT_HANGOVER_S
+            return not self.muted
+        return self.ptt_down or self.now() - self.ptt_released_at < PTT_HANGOVER_S
+
+    def talk_now(self) -> bool:
+        wants = self.wants_to_talk()
         if wants and self.floor_taken():
             # a push-to-talk room: another member holds the floor, the relay would drop
             # what we send; the microphone waits (status and the TX LED say so)
@@ -713,19 +719,26 @@ class Handset:
         silently sent (a muted mixer, the wrong device, a broken cable)."""
         talking = info.runner.talking and info.runner.engine.media is not None
         level = self.audio.levels().get("capture_dbfs", 0.0)
-        if not talking or self.audio.state in AUDIO_FAULTS or level > MIC_SILENT_DBFS:
+        if self.audio.state in AUDIO_FAULTS or level > MIC_SILENT_DBFS:
+            # it captures something (or the card's own fault is what status shows)
+            info.mic_silent_since = None
+            info.mic_silent = False
+            return
+        if not talking:
             info.mic_silent_since = None
             return
         if info.mic_silent_since is None:
             info.mic_silent_since = now
-        elif now - info.mic_silent_since >= MIC_SILENT_S and not info.mic_warned:
-            info.mic_warned = True
-            self._fail(
-                f"the microphone captures nothing ({level:.0f} dBFS for "
-                f"{MIC_SILENT_S:.0f} s while talking): check the capture device and its "
-                "level (alsamixer), or run `wzp test audio`",
-                show_s=30.0,
-            )
+        elif now - info.mic_silent_since >= MIC_SILENT_S:
+            info.mic_silent = True
+            if not info.mic_warned:  # told once a call; status shows it while it lasts
+                info.mic_warned = True
+                self._fail(
+                    f"the microphone captures nothing ({level:.0f} dBFS for "
+                    f"{MIC_SILENT_S:.0f} s while talking): check the capture device and its "
+                    "level (alsamixer), or run `wzp test audio`",
+                    show_s=30.0,
+                )
 
     def _drain_call_events(self, info: CallInfo) -> None:
         """What the call engine refused or ignored (stale call ids, a second offer...):
@@ -869,11 +882,7 @@ class Handset:
             "calls": self.calls_total,
             "refused": dict(self.refused),
             "ignored": dict(self.ignored),
-            "audio": {
-                "capture_device": _device_text(cfg.audio_capture),
-                "playback_device": _device_text(cfg.audio_playback),
-                **self.audio.status_dict(),
-            },
+            "audio": self._audio_status(),
             "gpio": {
                 **self.board.snapshot(),
                 "factory": self.gpio_description or self.board.factory_description,
@@ -886,7 +895,12 @@ class Handset:
                 "default_contact": cfg.default_contact,
             },
             "relay": (
-                {**self.relay.status(), "floor_taken": self.floor_taken()}
+                {
+                    **self.relay.status(),
+                    "floor_taken": self.floor_taken(),
+                    # this handset would talk, and waits for the floor
+                    "floor_waiting": self.floor_taken() and self.wants_to_talk(),
+                }
                 if self.relay is not None
                 else None
             ),
@@ -900,6 +914,26 @@ class Handset:
             "config_sources": [str(p) for p in cfg.sources],
             "events": list(self.events)[-10:],
         }
+
+    def _audio_status(self) -> dict[str, Any]:
+        port = self.audio.status_dict()
+        # a port that is not a sound card (files, the demo's recorded speech) names itself:
+        # the configured devices ("auto" by default) are not what it uses
+        backend = port.get("backend")
+        out: dict[str, Any] = {
+            "capture_device": backend or _device_text(self.config.audio_capture),
+            "playback_device": backend or _device_text(self.config.audio_playback),
+            **port,
+        }
+        info = self.call
+        out["capture_silent"] = bool(info is not None and info.mic_silent)
+        if out["capture_silent"]:
+            out["capture_problem"] = (
+                f"the microphone captures nothing (below {MIC_SILENT_DBFS:.0f} dBFS for "
+                f"{MIC_SILENT_S:.0f} s while talking): check the capture device and its "
+                "level (alsamixer), or run `wzp test audio`"
+            )
+        return out
 
     # -- control socket --------------------------------------------------------------------
 

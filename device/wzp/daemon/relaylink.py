@@ -110,7 +110,13 @@ class RelayLink:
         self.state = "connecting"  # connecting, joined, reconnecting
         self.slot: int | None = None
         self.members: dict[bytes, tuple[int, str | None]] = {}  # fingerprint -> slot, alias
+        #: the slot holding the floor of a push-to-talk room (None: free, or not told)
         self.floor: int | None = None
+        #: the relay has told this session who holds the floor: a push-to-talk room
+        self.push_to_talk = False
+        #: what is wrong with the link now (None while joined) ...
+        self.error: str | None = None
+        #: ... and the last problem seen, kept after a rejoin clears ``error``
         self.last_error: str | None = None
         self.joins = 0
         self.dropped_messages = 0
@@ -119,6 +125,7 @@ class RelayLink:
         self._closed = asyncio.Event()
         self._stopping = False
         self._heard_at = 0.0
+        self._refusal: str | None = None  # the relay's refusal of this session's Join
 
     @property
     def joined(self) -> bool:
@@ -160,12 +167,13 @@ class RelayLink:
                 await self._session()
                 attempt = 0  # it was up: start the backoff again
             except (OSError, ConnectionError, TimeoutError, PeerFingerprintMismatch) as exc:
-                self.last_error = f"relay {self.settings.host}:{self.settings.port}: {exc}"
-                log.warning("%s", self.last_error)
+                self._fault(f"relay {self.settings.host}:{self.settings.port}: {exc}")
             if self._stopping:
                 return
             self.state = "reconnecting"
             self.slot = None
+            self.floor = None  # the next join is told the floor afresh
+            self.push_to_talk = False
             self._changed()
             delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
             attempt += 1
@@ -177,6 +185,7 @@ class RelayLink:
             s.host, s.port, self.identity, expected_fingerprint=s.fingerprint, server_name=s.room
         )
         self.conn = conn
+        self._refusal = None
         closed = asyncio.Event()
         joined = asyncio.Event()
         conn.on_datagram = self._on_datagram
@@ -194,7 +203,7 @@ class RelayLink:
             await asyncio.wait_for(joined.wait(), JOIN_TIMEOUT_S)
         except TimeoutError:
             conn.close(reason_phrase="no RoomUpdate")
-            raise TimeoutError(self.last_error or "the relay did not answer the Join") from None
+            raise TimeoutError(self._refusal or "the relay did not answer the Join") from None
         loop = asyncio.get_running_loop()
         self._heard_at = loop.time()
         while not closed.is_set():
@@ -211,6 +220,10 @@ class RelayLink:
                 conn.send_message(sig.Ping(timestamp_ms=int(loop.time() * 1000)))
         self.conn = None
         raise ConnectionError(conn.close_reason or "connection to the relay closed")
+
+    def _fault(self, text: str) -> None:
+        self.error = self.last_error = text
+        log.warning("%s", text)
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -238,10 +251,17 @@ class RelayLink:
             return
         if isinstance(msg, sig.Floor):
             self.floor = msg.slot
+            self.push_to_talk = True
+            self._changed()
             return
         if isinstance(msg, sig.Error) and getattr(msg, "from_", None) is None:
-            self.last_error = f"relay refused: {msg.code}: {msg.message}"
-            log.warning("%s", self.last_error)
+            text = f"relay refused: {msg.code}: {msg.message}"
+            if self.joined:  # about one request; the membership is fine
+                self.last_error = text
+                log.warning("%s", text)
+            else:
+                self._refusal = text
+                self._fault(text)
             return
         if isinstance(msg, sig.Pong | sig.Ping):
             return
@@ -272,6 +292,7 @@ class RelayLink:
         self.state = "joined"
         if first:
             self.joins += 1
+            self.error = None  # joined: what went wrong before is history (last_error)
             log.info(
                 "joined room %s on relay %s:%d as slot %d (%d members)",
                 self.settings.room,
@@ -297,6 +318,8 @@ class RelayLink:
                 for fp, (slot, alias) in sorted(self.members.items(), key=lambda x: x[1][0])
             ],
             "floor": self.floor,
+            "push_to_talk": self.push_to_talk,
             "joins": self.joins,
+            "error": self.error,
             "last_error": self.last_error,
         }

@@ -43,8 +43,13 @@ def format_status(st: dict[str, Any]) -> str:
         )
     )
 
+    relay = st.get("relay") or {}
     call = st.get("call")
     if call:
+        if relay.get("floor_waiting"):
+            doing = "PTT held, waiting for the floor"
+        else:
+            doing = "talking" if call.get("talking") else "listening"
         loss = call.get("loss_pct")
         res = call.get("residual_loss_pct")
         rtt = call.get("rtt_ms")
@@ -65,8 +70,7 @@ def format_status(st: dict[str, Any]) -> str:
                 f"RTT {'-' if rtt is None else f'{rtt:.0f} ms'}; "
                 f"jitter {call.get('jitter_ms', 0):.0f} ms; "
                 f"tx {call.get('tx_kbps', 0):.1f} / rx {call.get('rx_kbps', 0):.1f} kbit/s; "
-                f"rekeys {call.get('rekeys', 0)}; "
-                f"{'talking' if call.get('talking') else 'listening'}"
+                f"rekeys {call.get('rekeys', 0)}; {doing}"
                 + ("; muted" if call.get("muted") else ""),
             )
         )
@@ -77,12 +81,16 @@ def format_status(st: dict[str, Any]) -> str:
 
     audio = st.get("audio") or {}
     a_state = audio.get("state", "?")
-    mark = OK if a_state == "ok" else BAD
+    silent = bool(audio.get("capture_silent"))
+    mark = OK if a_state == "ok" and not silent else BAD
     text = (
         f"capture {audio.get('capture_device')} ({_db(audio.get('capture_dbfs'))}), "
         f"playback {audio.get('playback_device')} ({_db(audio.get('playback_dbfs'))}), "
         f"volume {st.get('volume_db', 0):+.0f} dB"
     )
+    if silent:
+        why = audio.get("capture_problem") or "the microphone captures nothing"
+        text = f"{why}; " + text
     if a_state != "ok":
         text = f"{a_state}: {audio.get('error') or 'no detail'}; " + text
     out.append(_line(mark, "audio", text))
@@ -119,12 +127,11 @@ def format_status(st: dict[str, Any]) -> str:
             f"accepting {net.get('accept')}, default contact {net.get('default_contact') or '-'}",
         )
     )
-    relay = st.get("relay")
     if relay:
         members = ", ".join(
-            f"{m.get('alias') or m.get('fingerprint', '?')[:9]} (slot {m.get('slot')})"
-            for m in relay.get("members") or []
+            f"{_member_name(m)} (slot {m.get('slot')})" for m in relay.get("members") or []
         )
+        floor = _floor_text(relay)
         out.append(
             _line(
                 OK if relay.get("state") == "joined" else BAD,
@@ -132,7 +139,9 @@ def format_status(st: dict[str, Any]) -> str:
                 f"{relay.get('state')} room {relay.get('room')} at {relay.get('address')}"
                 + (f", slot {relay['slot']}" if relay.get("slot") else "")
                 + (f"; members: {members}" if members else "")
-                + (f"; {relay['last_error']}" if relay.get("last_error") else ""),
+                + (f"; {floor}" if floor else "")
+                # the link's current problem; a healthy link's past one is in --json
+                + (f"; {relay['error']}" if relay.get("error") else ""),
             )
         )
     last = st.get("last_call")
@@ -149,6 +158,23 @@ def format_status(st: dict[str, Any]) -> str:
     if st.get("last_error"):
         out.append(_line(BAD, "last error", str(st["last_error"])))
     return "\n".join(out)
+
+
+def _member_name(m: dict[str, Any]) -> str:
+    return str(m.get("alias") or (m.get("fingerprint") or "?")[:9])
+
+
+def _floor_text(relay: dict[str, Any]) -> str:
+    """Who holds a push-to-talk room's floor (README: ``wzp status`` shows floor_taken)."""
+    floor = relay.get("floor")
+    if floor is None:
+        return "floor free" if relay.get("push_to_talk") else ""
+    if floor == relay.get("slot"):
+        return "floor: you have it"
+    holder = next((m for m in relay.get("members") or [] if m.get("slot") == floor), None)
+    who = _member_name(holder) if holder else "a member"
+    text = f"floor_taken by {who} (slot {floor})"
+    return text + ": your PTT waits" if relay.get("floor_waiting") else text
 
 
 def format_relay_status(st: dict[str, Any]) -> str:
