@@ -138,3 +138,27 @@ async def test_a_hangup_is_resent_spaced_out_until_one_copy_is_acknowledged() ->
     assert len(times) == 4 <= HANGUP_COPIES
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(g >= HANGUP_RESEND_S - 0.03 for g in gaps), gaps
+
+
+async def test_kbit_per_s_cover_the_last_two_seconds_however_often_status_is_asked() -> None:
+    """The rates used to cover the time since the previous status() call: the daemon's
+    first ``wzp status`` of a call averaged the whole call, and two askers split it."""
+    engine = FakeEngine()
+    engine.media = None
+    engine.state = State.ACTIVE
+    engine.stats = SimpleNamespace(rekeys=0)
+    runner = CallRunner(engine, SimpleNamespace(rtt=None), NumberedMic(), Sink())  # type: ignore[arg-type]
+    t = 0.0
+    for _ in range(500):  # 10 s at 1 kB per 20 ms received, nothing sent
+        runner._rx_bytes += 1000
+        runner._sample_rates(t)
+        t = round(t + 0.02, 2)
+    for _ in range(250):  # then 5 s at 250 bytes per 20 ms
+        runner._rx_bytes += 250
+        runner._sample_rates(t)
+        t = round(t + 0.02, 2)
+    first = runner.status(t)  # never asked before: still the last ~2 s, not 15 s
+    again = runner.status(t)  # asked twice at once: the same answer
+    assert first.rx_kbps == pytest.approx(100.0, rel=0.05)
+    assert again.rx_kbps == pytest.approx(first.rx_kbps)
+    assert first.tx_kbps == 0.0

@@ -218,7 +218,6 @@ async def run_demo(
                 # speech over the lossy link (with only B's keep-alives to count, the
                 # estimate is scaled down on so few packets)
                 talking = asyncio.ensure_future(press())
-                a.status()  # its kbit/s count from here: B's speech, not the whole call
                 await asyncio.sleep(min(3.5, talk_s * 0.75))
                 say(f"{stamp()} status of A while B talks (A receives B's speech):")
                 say("    " + format_status(a.status()).replace("\n", "\n    "))

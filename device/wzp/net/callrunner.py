@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,6 +40,8 @@ HANGUP_LINGER_S = 5.0
 #: idle timeout
 HANGUP_COPIES = 10
 HANGUP_RESEND_S = 0.4
+#: tx/rx kbit/s in status are measured over about this long (whoever asks, however often)
+RATE_WINDOW_S = 2.0
 #: reason phrase prefix of a connection closed after a hang-up ("hangup:Normal")
 HANGUP_CLOSE = "hangup:"
 #: push-to-talk: audio captured this long before the key went down is sent first, so a
@@ -119,7 +122,8 @@ class CallRunner:
         self._hangup_next = 0.0
         self._tx_bytes = 0
         self._rx_bytes = 0
-        self._last_status = (0.0, 0, 0)
+        #: (time, bytes sent, bytes received), a sample every 0.5 s of the last few seconds
+        self._rate_samples: deque[tuple[float, int, int]] = deque([(0.0, 0, 0)], maxlen=16)
         conn.on_datagram = self._on_datagram
         conn.on_message = self._on_message
         conn.on_close = self._on_close
@@ -208,6 +212,7 @@ class CallRunner:
         while not self._stop.is_set():
             now = self.now()
             self._tick(now)
+            self._sample_rates(now)
             if max_duration is not None and now >= max_duration and self.engine.session.live:
                 self.engine.hangup(now)
                 self.flush()
@@ -285,13 +290,22 @@ class CallRunner:
     def talking(self) -> bool:
         return self.talk is None or self._talking
 
+    def _sample_rates(self, now: float) -> None:
+        if now - self._rate_samples[-1][0] >= RATE_WINDOW_S / 4:
+            self._rate_samples.append((now, self._tx_bytes, self._rx_bytes))
+
     def status(self, now: float) -> LinkStatus:
         eng = self.engine
-        t_prev, tx_prev, rx_prev = self._last_status
+        # the newest sample at least RATE_WINDOW_S old (else the oldest one): a status
+        # asked twice a second and one asked once a minute both see the last ~2 s
+        t_prev, tx_prev, rx_prev = self._rate_samples[0]
+        for sample in self._rate_samples:
+            if now - sample[0] < RATE_WINDOW_S:
+                break
+            t_prev, tx_prev, rx_prev = sample
         dt = max(1e-3, now - t_prev)
         tx = (self._tx_bytes - tx_prev) * 8 / dt / 1000
         rx = (self._rx_bytes - rx_prev) * 8 / dt / 1000
-        self._last_status = (now, self._tx_bytes, self._rx_bytes)
         loss = jitter = None
         recovered = concealed = 0
         tier = "-"
