@@ -294,7 +294,7 @@ class RelayLink:
             self.joins += 1
             self.error = None  # joined: what went wrong before is history (last_error)
             log.info(
-                "joined room %s on relay %s:%d as slot %d (%d members)",
+                "joined room %s on relay %s:%d as slot %d (members: %d)",
                 self.settings.room,
                 self.settings.host,
                 self.settings.port,
