@@ -4,6 +4,7 @@ model alone) and the piecewise alignment the demo scores STOI with."""
 from __future__ import annotations
 
 from math import comb
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,3 +71,24 @@ def test_aligned_in_pieces_a_delay_step_is_not_scored_as_lost_speech() -> None:
     assert (
         stoi(ref, align_in_pieces(ref, align_delay(ref, gone, 16_000, 0.4), 16_000), 16_000) < 0.9
     )
+
+
+def test_a_pinned_tier_runs_alone_over_both_loss_models(tmp_path: Path) -> None:
+    """``wzp bench quality --pin``: the ladder cut to one tier (nothing else is ever used),
+    random and bursty at the same mean, and the gap between their PESQ."""
+    import json
+
+    from wzp.bench.quality import run_pinned
+
+    out = tmp_path / "pinned.json"
+    report = run_pinned(out, ("severe",), (20,), seeds=1, log=lambda line: None)
+    assert json.loads(out.read_text()) == report
+    (row,) = report["rows"]
+    assert row["tier"] == "severe" and row["loss_pct"] == 20
+    for model in ("random", "bursty"):
+        assert set(row[model]["tiers_used"]) == {"severe"}
+        assert 0.15 < row[model]["link_loss_measured"] < 0.25
+        assert 1.0 <= row[model]["pesq"] <= 4.6
+    assert row["pesq_gap"] == pytest.approx(row["bursty"]["pesq"] - row["random"]["pesq"], abs=1e-3)
+    with pytest.raises(KeyError):
+        run_pinned(out, ("no-such-tier",), (20,), seeds=1, log=lambda line: None)

@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--speech", type=Path, help="8 or 16 kHz mono WAV, or raw s16 at 8 kHz")
     q.add_argument("--seed", type=int, default=1)
     q.add_argument("--keep-audio", type=Path, metavar="DIR", help="write reference and outputs")
+    q.add_argument(
+        "--pin",
+        metavar="TIERS",
+        help="instead: each of these tiers alone (comma-separated, e.g. heavy,dense,severe), "
+        "random vs bursty at 10/20/30 %% loss, and the PESQ gap between them",
+    )
     q.set_defaults(func=_cmd_bench_quality)
     t = bsub.add_parser(
         "transport", help="datagrams over real QUIC through a lossy link: delivery, queueing, CPU"
@@ -418,9 +424,22 @@ def _bench_log(line: str) -> None:
 
 
 def _cmd_bench_quality(args: argparse.Namespace) -> int:
-    from .bench.quality import run_quality
+    from .bench.quality import run_pinned, run_quality
     from .bench.speech import SpeechError
 
+    if args.pin:
+        try:
+            pinned = run_pinned(
+                args.out, tuple(t.strip() for t in args.pin.split(",") if t.strip()),
+                speech=args.speech, seed=args.seed, log=_bench_log,
+            )  # fmt: skip
+        except (SpeechError, KeyError) as exc:
+            print(f"wzp bench quality: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.out}: bursty - random PESQ per tier alone (target >= -0.3)")
+        for row in pinned["rows"]:
+            print(f"  {row['tier']:8s} {row['loss_pct']:2d} %: {row['pesq_gap']:+.2f}")
+        return 0
     try:
         report = run_quality(args.out, args.speech, args.seed, args.keep_audio, log=_bench_log)
     except SpeechError as exc:

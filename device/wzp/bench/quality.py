@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..media.codecs import DEFAULT_COMPLEXITY
-from ..media.ladder import LADDER, Tier
+from ..media.ladder import LADDER, Tier, tier_named
 from ..media.playout import FrameFate
 from ..proto.codecs import CodecId
 from ..proto.f32 import repair_count
@@ -239,13 +239,7 @@ def run_quality(
 ) -> dict[str, Any]:
     codecs = codecs or default_codecs()
     base_codecs = baseline_codecs()
-    raw, rate = load_speech(speech)
-    x48 = to_int16(resample(raw, rate, SAMPLE_RATE))
-    warm_n = int(WARMUP_S * SAMPLE_RATE)
-    warm = np.resize(x48, warm_n)  # the speech again (repeated if short) as warm-up
-    signal = np.concatenate((warm, x48))
-    start_ms = warm_n * 1000 // SAMPLE_RATE
-    speech_ms = len(x48) * 1000 // SAMPLE_RATE
+    raw, rate, signal, start_ms, speech_ms = _speech_signal(speech)
     if keep_audio:
         write_wav(keep_audio / "reference.wav", resample(raw, rate, 16_000), 16_000)
     t0 = time.process_time()
@@ -322,6 +316,79 @@ def run_quality(
     return report
 
 
+def _speech_signal(speech: Path | None) -> tuple[np.ndarray, int, np.ndarray, int, int]:
+    """The recording (and its rate), the 48 kHz signal sent (warm-up, then the speech),
+    where the speech starts in it and how long it is (ms)."""
+    raw, rate = load_speech(speech)
+    x48 = to_int16(resample(raw, rate, SAMPLE_RATE))
+    warm_n = int(WARMUP_S * SAMPLE_RATE)
+    warm = np.resize(x48, warm_n)  # the speech again (repeated if short) as warm-up
+    signal = np.concatenate((warm, x48))
+    return raw, rate, signal, warm_n * 1000 // SAMPLE_RATE, len(x48) * 1000 // SAMPLE_RATE
+
+
+#: a system name "pinned:TIER" runs wzp with its ladder cut down to that one tier
+PINNED = "pinned:"
+#: the loss points of the pinned-tier study: where the bursty targets meet the 150 ms one
+PINNED_LOSSES = (10, 20, 30)
+
+
+def run_pinned(
+    out: Path,
+    tiers: tuple[str, ...] = ("heavy", "dense", "severe"),
+    losses: tuple[int, ...] = PINNED_LOSSES,
+    speech: Path | None = None,
+    seed: int = 1,
+    seeds: int = SEEDS,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """How close bursty loss can come to random loss with the controller out of the way:
+    each tier alone (no switching), random and bursty, the PESQ gap between them. It asks
+    whether any one protection level within the wire and delay targets could meet "bursty
+    within 0.3 PESQ of random"; quality.json answers what the ladder does."""
+    codecs = default_codecs()
+    raw, rate, signal, start_ms, speech_ms = _speech_signal(speech)
+    for name in tiers:
+        tier_named(name)  # an unknown name fails before minutes of work
+    rows: list[dict[str, Any]] = []
+    for name in tiers:
+        for loss in losses:
+            row: dict[str, Any] = {"tier": name, "loss_pct": loss}
+            for model, burst in MODELS:
+                runs = [
+                    _run_point(
+                        signal, raw, rate, start_ms, speech_ms, model, burst, loss,
+                        PINNED + name, seed + n, codecs, codecs,
+                    )[0]
+                    for n in range(seeds)
+                ]  # fmt: skip
+                mean = _mean_point(model, loss, PINNED + name, runs)
+                row[model] = {k: mean[k] for k in (*AVERAGED, "tiers_used")}
+                log(
+                    f"{name:7s} {model:7s} {loss:2d}% pesq {mean['pesq']} stoi {mean['stoi']} "
+                    f"residual {mean['residual_loss']} wire {mean['wire_kbps_fwd']} kbps "
+                    f"delay p95 {mean['delay_added_ms_p95']} ms"
+                )
+            row["pesq_gap"] = round(row["bursty"]["pesq"] - row["random"]["pesq"], 3)
+            rows.append(row)
+    report = {
+        "benchmark": "wzp bench quality --pin",
+        "what": "each tier alone (the ladder cut to it: no controller, no switching) over "
+        "random and bursty loss at the same means; pesq_gap = bursty - random PESQ (the "
+        "target is >= -0.3)",
+        "settings": {
+            "speech": str(speech or DEFAULT_SPEECH),
+            "seeds": [seed + n for n in range(seeds)],
+            "one_way_delay_ms": ONE_WAY_DELAY_S * 1000,
+            "models": {m: {"mean_burst": b} for m, b in MODELS},
+        },
+        "rows": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
 def _run_point(
     signal: np.ndarray,
     raw: np.ndarray,
@@ -337,8 +404,11 @@ def _run_point(
     base_codecs: Codecs,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """One call over one seeded loss pattern, measured."""
-    ladder = LADDER if system == "wzp" else BASELINES[system]
-    sys_codecs = codecs if system == "wzp" else base_codecs
+    if system.startswith(PINNED):
+        ladder: tuple[Tier, ...] = (tier_named(system[len(PINNED) :]),)
+    else:
+        ladder = LADDER if system == "wzp" else BASELINES[system]
+    sys_codecs = base_codecs if system in BASELINES else codecs
     link = LinkConfig(loss=loss / 100, burst=burst if loss else 1.0, delay_s=ONE_WAY_DELAY_S)
     result = simulate_call(
         signal,
