@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -403,7 +404,7 @@ async def test_long_press_while_ringing_declines_without_answering(
 
 
 async def test_a_microphone_that_captures_nothing_is_reported(
-    tmp_path: Path, ids: dict[str, Identity]
+    tmp_path: Path, ids: dict[str, Identity], caplog: pytest.LogCaptureFixture
 ) -> None:
     card = FakeCard()
     card.amplitude = 0.0  # a dead microphone: digital silence
@@ -417,6 +418,11 @@ async def test_a_microphone_that_captures_nothing_is_reported(
         await until(lambda: a.h.state_name() == "active", 15, "the call")
         await until(lambda: "microphone captures nothing" in (a.h.last_error or ""), 9, "report")
         assert a.h.status_led(a.h.now()) == "error"
+        # at warning priority, where `journalctl -p warning` finds it
+        assert any(
+            r.levelno == logging.WARNING and "microphone captures nothing" in r.getMessage()
+            for r in caplog.records
+        )
         # while it lasts, status's audio line says so (not a ✓ on a silent capture)
         st = a.h.status()
         assert st["audio"]["state"] == "ok" and st["audio"]["capture_silent"] is True
@@ -489,6 +495,32 @@ async def test_a_hot_overloaded_pi_caps_the_call(tmp_path: Path, ids: dict[str, 
         assert res["level"] == 2 and res["complexity"] == 2
         assert any("82.0" in r for r in res["reasons"])
         assert any(e["kind"] == "resources" for e in a.h.events)
+    finally:
+        await a.h.stop()
+        await b.h.stop()
+
+
+async def test_call_right_after_hangup_is_not_refused_as_busy(
+    tmp_path: Path, ids: dict[str, Identity]
+) -> None:
+    """`wzp hangup` answers before the ended call's connection is gone (its Hangup waits
+    for an acknowledgement): a `wzp call` at once waited for nothing and was refused
+    "already in a call". An unknown name is said as such even during a call."""
+    a, b = await pair(
+        tmp_path, ids, DemoAudio(np.zeros(0, np.int16)), DemoAudio(np.zeros(0, np.int16)),
+        b_kw={"auto_answer_s": 0.0},
+    )  # fmt: skip
+    sock = a.h.config.control_socket
+    try:
+        for _ in range(2):
+            await asyncio.to_thread(request, sock, "call")
+            await until(lambda: a.h.state_name() == "active", 15, "the call")
+            with pytest.raises(ControlError, match="no contact named 'nobody'"):
+                await asyncio.to_thread(request, sock, "call", target="nobody")
+            assert (await asyncio.to_thread(request, sock, "hangup"))["done"] == "hung up"
+        # both calls were placed: the second one right after the first one's hang-up
+        await until(lambda: a.h.call is None and b.h.call is None, 10, "the end")
+        assert a.h.calls_total == 2
     finally:
         await a.h.stop()
         await b.h.stop()

@@ -162,3 +162,23 @@ def test_a_file_backed_port_names_itself_not_the_configured_card() -> None:
         assert "mock pins (no hardware)" in _line(text, "gpio")
     finally:
         h.board.close()
+
+
+def test_a_call_with_nothing_heard_from_the_peer_is_not_shown_healthy() -> None:
+    from wzp.daemon.statusfmt import format_status
+
+    call = {
+        "state": "active",
+        "peer": "bob",
+        "direction": "outgoing",
+        "duration_s": 60,
+        "tier": "heavy",
+        "heard_ago_s": 1.0,
+        "heard_limit_s": 30.0,
+    }
+    fine = format_status({"call": call})
+    assert " ✓ call       active with bob" in fine and "nothing heard" not in fine
+    call["heard_ago_s"] = 12.4
+    silent = format_status({"call": call})
+    assert " ✗ call       active with bob" in silent
+    assert "nothing heard from the peer for 12 s (the call ends at 30 s)" in silent

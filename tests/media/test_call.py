@@ -426,3 +426,26 @@ def test_push_to_talk_spurts_play_from_their_first_frame(speech48: np.ndarray) -
     # and as much speech comes out of the second spurt as of the first
     e = [np.sum(heard[out_start[n] * 960 : out_start[n] * 960 + 3 * 48000] ** 2) for n in range(2)]
     assert 0.8 < e[1] / e[0] < 1.25
+
+
+def test_a_peer_that_dies_ends_the_call_after_30_s_of_silence() -> None:
+    """Through a relay the connection outlives a dead peer: only the engine notices. A
+    peer that is alive but silent (no one talks for 40 s) keeps the call: its keep-alives
+    are heard."""
+    from wzp.media.call import PEER_SILENT_S
+
+    p = Pair()
+    p.call()
+    p.run(40.0)  # nobody talks: keep-alives both ways
+    assert p.a.state is State.ACTIVE and p.b.state is State.ACTIVE
+    died_at = p.now
+    while p.a.state is State.ACTIVE:  # B is gone: only A runs
+        p.a.tick(p.now)
+        p.a.take_messages()
+        p.a.take_datagrams()
+        p.a.playout(p.now)
+        p.now = round(p.now + PERIOD_S, 6)
+        assert p.now - died_at < PEER_SILENT_S + 2.0
+    assert p.now - died_at >= PEER_SILENT_S - 1.5  # heard until B died, then 30 s
+    assert p.a.session.end_reason is EndReason.TIMEOUT
+    assert "nothing heard from the peer for 30 s" in p.a.session.end_detail

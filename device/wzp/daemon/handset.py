@@ -37,9 +37,9 @@ from ..audio.cards import AUTO, list_cards, resolve_device
 from ..board.board import Board
 from ..board.buttons import ButtonEvent
 from ..crypto.identity import Identity, fingerprint, fingerprint_text, parse_fingerprint
-from ..media.call import CallEngine
+from ..media.call import PEER_SILENT_S, CallEngine
 from ..media.codecs import DEFAULT_COMPLEXITY, TierCodec, make_frame_decoder
-from ..net.callrunner import CallRunner
+from ..net.callrunner import HANGUP_LINGER_S, CallRunner
 from ..net.quic import PeerFingerprintMismatch, connect_wzp, serve_wzp
 from ..proto import signal as sig
 from ..proto.session import EndReason, State
@@ -324,7 +324,8 @@ class Handset:
         self.events.append(
             {"t": round(self.now() - self.started_at, 3), "kind": kind, "detail": detail}
         )
-        log.info("%s: %s", kind, detail)
+        # problems at warning priority: `journalctl -p warning` shows what status marks ✗
+        log.log(logging.WARNING if kind == "error" else logging.INFO, "%s: %s", kind, detail)
 
     def _fail(self, detail: str, show_s: float = ERROR_SHOW_S) -> None:
         self.last_error = detail
@@ -336,14 +337,29 @@ class Handset:
         in ``wzp status`` and on the error pattern for ``show_s``."""
         self._fail(detail, show_s)
 
+    async def _ended_call_gone(self) -> None:
+        """A call that has ended but still holds its connection (its Hangup waits for an
+        acknowledgement, HANGUP_LINGER_S at most): wait a while for it to go, so that
+        `wzp call` right after `wzp hangup` is not refused as "already in a call" (within
+        the control client's 5 s)."""
+        deadline = self.now() + min(HANGUP_LINGER_S, 4.0)
+
+        def ending() -> bool:
+            return self.call is not None and not self.call.runner.engine.session.live
+
+        while ending() and self.now() < deadline:
+            await asyncio.sleep(0.05)
+        if ending():
+            raise ControlError("the last call is still ending (its hang-up is on the way)")
+
     def place_call(self, target: str | None = None) -> str:
         """Call a contact (default: the configured default contact)."""
-        if self.call is not None or self.dialing is not None:
-            raise ControlError("already in a call")
         name = target or self.config.default_contact
         if not name:
             raise ControlError("no default contact: set call.default_contact or give a name")
-        contact = self.resolve(name)
+        contact = self.resolve(name)  # an unknown name is said as such, busy or not
+        if self.call is not None or self.dialing is not None:
+            raise ControlError("already in a call")
         if not contact.direct and not self._in_room(contact.fingerprint):
             raise ControlError(self._room_problem(contact))
         self.dialing = contact.name
@@ -864,6 +880,9 @@ class Handset:
                 "muted": self.muted,
                 "drops": drops,
                 "opus_complexity": info.complexity,
+                # an active call with nothing from the peer ends at PEER_SILENT_S
+                "heard_ago_s": _ago(r.now(), eng.heard_at()),
+                "heard_limit_s": PEER_SILENT_S,
             }
         cfg = self.config
         return {
@@ -948,6 +967,7 @@ class Handset:
             target = req.get("target")
             if target is not None and not isinstance(target, str):
                 raise ControlError("target must be a contact name or a fingerprint")
+            await self._ended_call_gone()
             return {"calling": self.place_call(target)}
 
         async def answer(req: dict[str, Any]) -> Any:
@@ -1081,3 +1101,7 @@ def _fp_of(fp: bytes | None) -> str:
 def _fp_text(identity_pub: bytes | None) -> str | None:
     """The fingerprint text of a peer's Ed25519 identity key."""
     return fingerprint_text(fingerprint(identity_pub)) if identity_pub is not None else None
+
+
+def _ago(now: float, at: float | None) -> float | None:
+    return None if at is None else round(max(0.0, now - at), 1)

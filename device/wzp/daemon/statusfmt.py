@@ -10,6 +10,9 @@ import math
 from typing import Any
 
 OK, BAD, INFO = "✓", "✗", " "
+#: a call with nothing heard from the peer this long is shown ✗ (it ends at the status's
+#: ``heard_limit_s``)
+SILENT_WARN_S = 5.0
 
 
 def _dur(seconds: float) -> str:
@@ -53,12 +56,20 @@ def format_status(st: dict[str, Any]) -> str:
         loss = call.get("loss_pct")
         res = call.get("residual_loss_pct")
         rtt = call.get("rtt_ms")
+        ago = call.get("heard_ago_s")
+        silent = ago is not None and ago >= SILENT_WARN_S
         out.append(
             _line(
-                OK,
+                BAD if silent else OK,
                 "call",
                 f"{call.get('state')} with {call.get('peer')} ({call.get('direction')}, "
-                f"{_dur(call.get('duration_s', 0))}), tier {call.get('tier') or '-'}",
+                f"{_dur(call.get('duration_s', 0))}), tier {call.get('tier') or '-'}"
+                + (
+                    f"; nothing heard from the peer for {ago:.0f} s (the call ends at "
+                    f"{call.get('heard_limit_s', 30):.0f} s)"
+                    if silent
+                    else ""
+                ),
             )
         )
         out.append(

@@ -66,6 +66,12 @@ MAX_HELD = 256
 REKEY_RESEND_S = 0.5
 #: peer rekey keys remembered, so a late copy of a Rekey already used is known as one
 REKEY_SEEN = 16
+#: a call in which nothing authenticated (media, keep-alive or message) has come from the
+#: peer for this long ends with Timeout. A direct call's QUIC connection gives up after
+#: the same 30 s of silence; through a relay only this ends the call of a peer that died
+#: (the relay connection itself stays up). Longer than the 20 s path outages a call
+#: survives. A peer sends a keep-alive about once a second even when it does not talk.
+PEER_SILENT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +142,8 @@ class CallEngine:
         self._rekey_answer: tuple[bytes, sig.Rekey] | None = None
         #: every side's record of the peer's rekey keys already used
         self._rekey_seen: deque[bytes] = deque(maxlen=REKEY_SEEN)
+        #: when the call's media started or the peer's last message was taken
+        self._msg_heard_at = 0.0
         self._held: list[tuple[float, bytes]] = []
         self._out_msgs: list[sig.Message] = []
         self._out_dgrams: list[bytes] = []
@@ -317,6 +325,7 @@ class CallEngine:
                 self._event(now, "error", f"ignored message {getattr(msg, 'name', name)}")
                 return
             handler(self, msg, now)
+            self._msg_heard_at = now
         except StaleEvent as exc:
             self.stats.stale += 1
             self._event(now, "stale", str(exc))
@@ -472,6 +481,7 @@ class CallEngine:
             streams_allowed=self.peer_streams,
         )
         self.media.rtt_ms = self.rtt_ms
+        self._msg_heard_at = now
         self._event(now, "state", "in call")
 
     def start_rekey(self, now: float) -> None:
@@ -548,6 +558,14 @@ class CallEngine:
     def frame_samples(self) -> int:
         return self.media.frame_samples if self.media is not None else 960
 
+    def heard_at(self) -> float | None:
+        """When the peer was last heard in this call (an authenticated datagram or a
+        message taken); None outside a call's media."""
+        if self.media is None:
+            return None
+        last = self.media.receiver.last_heard
+        return self._msg_heard_at if last is None else max(last, self._msg_heard_at)
+
     def playout(self, now: float) -> np.ndarray:
         if self.media is None:
             return np.zeros(960, dtype=np.int16)
@@ -563,6 +581,15 @@ class CallEngine:
             self.media = None
             self._event(now, "state", f"Timeout: {t.detail}")
         if self.media is None:
+            return
+        heard = self.heard_at()
+        if heard is not None and now - heard >= PEER_SILENT_S:
+            cid = self.session.call_id
+            if cid is not None:  # should the peer hear us after all
+                self._send(sig.Hangup(reason="Timeout", call_id=_hex(cid)))
+            self._close(
+                EndReason.TIMEOUT, now, f"nothing heard from the peer for {PEER_SILENT_S:.0f} s"
+            )
             return
         self._out_dgrams.extend(self.media.tick(now))
         for msg in self.media.take_signals():

@@ -172,6 +172,8 @@ class MediaReceiver:
         self.last_report: QualityReport | None = None
         self.reports_received = 0
         self.logs: dict[int, list[Played]] = {}
+        #: when the last datagram that passed authentication arrived (None: none yet)
+        self.last_heard: float | None = None
 
     def stream(self, sid: int) -> StreamReceiver:
         rx = self.streams.get(sid)
@@ -205,6 +207,7 @@ class MediaReceiver:
             payload = opened
         else:
             payload = dg.body
+        self.last_heard = now
         if dg.report is not None:
             self.last_report = dg.report
             self.reports_received += 1
