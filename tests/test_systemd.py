@@ -212,6 +212,21 @@ def test_the_unit_runs_the_daemon_from_the_venv_as_a_notify_service() -> None:
     assert values(text, "Install", "WantedBy") == ["multi-user.target"]
 
 
+def test_the_unit_stops_restarting_on_what_a_restart_cannot_fix() -> None:
+    """A refused config and an unusable identity (seed file too open, wrong size, folder
+    not writable) exit EXIT_CONFIG; systemd must not restart those every 2 s forever."""
+    from wzp.daemon.commands import EXIT_CONFIG, identity_problem
+    from wzp.daemon.identity_store import SeedFileError
+
+    text = UNIT.read_text()
+    assert values(text, "Service", "Restart") == ["on-failure"]
+    assert values(text, "Unit", "StartLimitIntervalSec") == ["0"]  # else it would stop anyway
+    prevented = " ".join(values(text, "Service", "RestartPreventExitStatus")).split()
+    assert str(EXIT_CONFIG) in prevented
+    assert str(identity_problem(SeedFileError("mode 0644"))[1]) in prevented
+    assert str(identity_problem(PermissionError(13, "Permission denied"))[1]) in prevented
+
+
 def test_devices_are_alsa_and_the_gpio_chips_only() -> None:
     text = UNIT.read_text()
     assert sorted(values(text, "Service", "DeviceAllow")) == [

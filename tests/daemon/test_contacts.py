@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import errno
 import ipaddress
 import logging
 import stat
+import tempfile
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -202,3 +208,97 @@ def test_merge_contacts_config_wins(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="wzp.daemon.contacts"):
         assert merge_contacts(cfg, {"b": cfg["b"]}) == cfg
     assert caplog.records == []
+
+
+@pytest.fixture
+def read_only(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """``read_only(folder)``: creating a file in ``folder`` fails as on a read-only file
+    system (the tests may run as root, whom a chmod does not stop)."""
+    real = tempfile.mkstemp
+    folders: list[Path] = []
+
+    def mkstemp(*args: Any, **kw: Any) -> tuple[int, str]:
+        folder = Path(kw.get("dir") or ".")
+        if folder in folders:
+            raise OSError(errno.EROFS, "Read-only file system", str(folder / ".x.tmp"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    return folders.append
+
+
+def test_a_file_system_that_refuses_is_a_contacts_error_and_one_warning(
+    tmp_path: Path, read_only: Callable[[Path], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ContactStore(tmp_path / "contacts.toml")
+    store.add("alice", FP, "alice.local")
+    before = store.path.read_bytes()
+    read_only(tmp_path)
+    caplog.set_level(logging.DEBUG)
+    expected = f"cannot save contacts: {store.path}: Read-only file system"
+    with pytest.raises(ContactsError) as add:
+        store.add("bob", FP2, "bob.local")
+    assert str(add.value) == expected
+    with pytest.raises(ContactsError) as remove:
+        store.remove("alice")
+    assert str(remove.value) == expected
+    assert [(r.levelno, r.getMessage(), r.exc_info) for r in caplog.records] == [
+        (logging.WARNING, expected, None)
+    ] * 2
+    assert store.path.read_bytes() == before
+
+
+async def test_contacts_over_the_socket_on_a_read_only_file_system(
+    tmp_path: Path, read_only: Callable[[Path], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`wzp contacts add/remove` against a daemon whose contacts folder is read-only: a
+    plain refusal naming the file, a warning line in the log, no traceback."""
+    import numpy as np
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    from wzp.board.board import Board
+    from wzp.board.profile import load_profile
+    from wzp.crypto.identity import Identity
+    from wzp.daemon.config import Config
+    from wzp.daemon.control import ControlError, request
+    from wzp.daemon.demo import DemoAudio
+    from wzp.daemon.handset import Handset
+
+    cfg = dataclasses.replace(
+        Config.default(),
+        board_profile="breadboard",
+        pin_factory="mock",
+        listen_hosts=("127.0.0.1",),
+        listen_port=0,
+        control_socket=tmp_path / "c.sock",
+        control_group=None,
+    )
+    store = ContactStore(tmp_path / "state" / "contacts.toml")
+    store.add("alice", FP, "alice.local")
+    board = Board(load_profile("breadboard"), MockFactory(pin_class=MockPWMPin))
+    audio = DemoAudio(np.zeros(0, np.int16))
+    handset = Handset(cfg, Identity.generate(), board, audio, contacts=store)
+    await handset.start()
+    try:
+        read_only(store.path.parent)
+        caplog.set_level(logging.DEBUG)
+        caplog.clear()
+        expected = f"cannot save contacts: {store.path}: Read-only file system"
+        sock = cfg.control_socket
+        with pytest.raises(ControlError) as add:
+            await asyncio.to_thread(
+                request, sock, "contacts_add", name="bob", fingerprint=FP2, address="bob.local"
+            )
+        assert str(add.value) == expected
+        with pytest.raises(ControlError) as remove:
+            await asyncio.to_thread(request, sock, "contacts_remove", name="alice")
+        assert str(remove.value) == expected
+        assert [r.exc_info for r in caplog.records] == [None] * len(caplog.records)
+        assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == [
+            logging.WARNING
+        ] * 2
+        assert [r["name"] for r in await asyncio.to_thread(request, sock, "contacts_list")] == [
+            "alice"
+        ]
+    finally:
+        await handset.stop()

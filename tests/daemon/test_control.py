@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
 import socket
 import stat
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from wzp.daemon.config import ConfigError
 from wzp.daemon.control import ControlError, ControlServer, NotRunning, request
 from wzp.daemon.notify import Notifier
 
@@ -27,6 +30,15 @@ async def server(tmp_path: Path):
     async def boom(req):
         raise RuntimeError("bug")
 
+    async def readonly(req):
+        raise OSError(errno.EROFS, "Read-only file system", "/var/lib/wzp/.contacts.toml.x")
+
+    async def bad_value(req):
+        raise ConfigError(Path("/var/lib/wzp/contacts.toml"), 3, "name", "not a name")
+
+    async def unencodable(req):
+        return {"x": object()}
+
     async def count(req):
         for i in range(int(req.get("n", 3))):
             yield {"i": i}
@@ -34,6 +46,9 @@ async def server(tmp_path: Path):
     srv.handle("echo", echo)
     srv.handle("refuse", refuse)
     srv.handle("boom", boom)
+    srv.handle("readonly", readonly)
+    srv.handle("bad_value", bad_value)
+    srv.handle("unencodable", unencodable)
     srv.handle_stream("count", count)
     await srv.start()
     yield srv
@@ -94,6 +109,57 @@ async def test_hostile_input_is_answered_and_counted(server: ControlServer) -> N
     }
 
 
+async def test_json_nested_too_deeply_is_answered_and_counted(
+    server: ControlServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """~60 KB of [[[[...]]]] (valid JSON under the line cap) overflows json's recursion: it
+    is answered and counted like any other bad request, and nothing is logged."""
+    caplog.set_level(logging.DEBUG)
+    line = b"[" * 30_000 + b"]" * 30_000 + b"\n"
+    assert len(line) < 64 * 1024
+    out = await asyncio.to_thread(_raw, server.path, line)
+    assert out == b'{"ok":false,"error":"not JSON"}\n'
+    assert server.bad_requests == 1
+    nested = b'{"cmd":"echo","text":' + b"[" * 30_000 + b"]" * 30_000 + b"}\n"
+    out = await asyncio.to_thread(_raw, server.path, nested)
+    assert b'"not JSON"' in out
+    assert server.bad_requests == 2
+    assert caplog.records == []
+    assert await asyncio.to_thread(request, server.path, "echo", text="alive") == {
+        "you_said": "alive"
+    }
+
+
+async def test_expected_faults_are_refusals_and_bugs_keep_their_traceback(
+    server: ControlServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="wzp.daemon.control")
+    # a file system that refuses: its text, one warning line without a traceback
+    with pytest.raises(ControlError) as refused:
+        await asyncio.to_thread(request, server.path, "readonly")
+    assert str(refused.value) == "/var/lib/wzp/.contacts.toml.x: Read-only file system"
+    assert [(r.levelno, r.exc_info) for r in caplog.records] == [(logging.WARNING, None)]
+    assert "Read-only file system" in caplog.records[0].getMessage()
+    caplog.clear()
+    # a ConfigError (bad value, unreadable or unsavable file): its text, nothing logged
+    with pytest.raises(ControlError) as refused:
+        await asyncio.to_thread(request, server.path, "bad_value")
+    assert str(refused.value) == "/var/lib/wzp/contacts.toml line 3: name: not a name"
+    assert caplog.records == []
+    # a bug is still an ERROR with its traceback
+    with pytest.raises(ControlError, match="internal error: bug"):
+        await asyncio.to_thread(request, server.path, "boom")
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    caplog.clear()
+    # so is a result that is not JSON: answered, not an unhandled exception
+    with pytest.raises(ControlError, match="internal error"):
+        await asyncio.to_thread(request, server.path, "unencodable")
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert server.bad_requests == 0
+
+
 async def test_socket_mode_and_stale_socket(tmp_path: Path) -> None:
     path = tmp_path / "c.sock"
     # a stale socket file from a crashed daemon is replaced
@@ -105,8 +171,16 @@ async def test_socket_mode_and_stale_socket(tmp_path: Path) -> None:
     try:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
         # a second daemon on the same socket is refused
-        with pytest.raises(OSError, match="another daemon"):
-            await ControlServer(path).start()
+        second = ControlServer(path)
+        with pytest.raises(
+            OSError, match=rf"another wzp daemon is running \(control socket {path} answers\)"
+        ):
+            await second.start()
+        # the refused one's close leaves the running daemon's socket alone
+        await second.close()
+        assert path.exists()
+        with pytest.raises(ControlError, match="unknown command"):
+            await asyncio.to_thread(request, path, "status")
     finally:
         await srv.close()
     assert not path.exists()

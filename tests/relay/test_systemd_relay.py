@@ -99,6 +99,18 @@ def test_the_relay_unit_runs_wzp_relay_as_its_own_user_under_notify() -> None:
     assert not any(k == "SupplementaryGroups" for _, k, _ in directives(text))
 
 
+def test_the_relay_unit_stops_restarting_on_what_a_restart_cannot_fix() -> None:
+    from wzp.daemon.commands import identity_problem
+    from wzp.daemon.identity_store import SeedFileError
+    from wzp.relay.config import EXIT_CONFIG
+
+    text = UNIT.read_text()
+    assert values(text, "Service", "Restart") == ["on-failure"]
+    prevented = " ".join(values(text, "Service", "RestartPreventExitStatus")).split()
+    assert str(EXIT_CONFIG) in prevented
+    assert str(identity_problem(SeedFileError("mode 0644"))[1]) in prevented
+
+
 def test_relay_unit_paths_match_the_config_defaults() -> None:
     from wzp.relay.config import DEFAULT_CONFIG_PATH, DEFAULT_CONTROL_SOCKET, DEFAULT_IDENTITY
 

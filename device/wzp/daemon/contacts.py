@@ -128,7 +128,14 @@ class ContactStore:
         return True
 
     def _write(self, contacts: Mapping[str, Contact]) -> None:
-        write_file_atomic(self.path, render_contacts(contacts).encode("utf-8"), 0o640)
+        """Save ``contacts``; a file system that refuses (read-only, full, not ours) is a
+        :class:`ContactsError` naming the file, logged as one warning line."""
+        try:
+            write_file_atomic(self.path, render_contacts(contacts).encode("utf-8"), 0o640)
+        except OSError as exc:
+            text = f"cannot save contacts: {self.path}: {exc.strerror or exc}"
+            log.warning("%s", text)
+            raise ContactsError([ConfigError(None, None, "", text)]) from None
 
 
 def merge_contacts(

@@ -4,9 +4,15 @@ A Unix stream socket (default ``/run/wzp/control.sock``, mode 0660, group from t
 config) carrying one JSON object per line. A request is ``{"cmd": NAME, ...args}``;
 the answer is one line ``{"ok": true, "result": ...}`` or ``{"ok": false, "error":
 TEXT}``. A streaming command (``test_buttons``) first sends ``{"event": ...}`` lines,
-then its answer. Hostile input (not JSON, not an object, an unknown command, a line
-over 64 KiB, a client that never finishes its line) is answered with an error or
-dropped and counted; the daemon goes on.
+then its answer. Hostile input (not JSON, JSON nested too deeply to parse, not an object,
+an unknown command, a line over 64 KiB, a client that never finishes its line) is answered
+with an error or dropped and counted; the daemon goes on.
+
+A handler refuses with :class:`ControlError`. A :class:`~wzp.daemon.config.ConfigError`
+(a bad value, a file that cannot be read or saved) is refused with its text as well, and
+an ``OSError`` (a full or read-only disk) with its text and one warning line: these are
+faults of the machine or of the request, not of the daemon. Any other exception is a bug:
+logged with its traceback and answered ``internal error: ...``.
 """
 
 from __future__ import annotations
@@ -58,8 +64,8 @@ class ControlServer:
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() or self.path.is_symlink():
-            if _someone_listens(self.path):
-                raise OSError(f"another daemon is running (it answers on {self.path})")
+            if someone_listens(self.path):
+                raise OSError(another_daemon_text(self.path))
             self.path.unlink()
         self._server = await asyncio.start_unix_server(
             self._client, path=str(self.path), limit=MAX_LINE
@@ -72,11 +78,12 @@ class ControlServer:
                 log.warning("control socket: cannot give it to group %s: %s", self.group, exc)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-            self._server = None
+        if self._server is None:
+            return  # not started (or closed): a socket at the path is another daemon's
+        self._server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        self._server = None
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(self.path.lstat().st_mode):
                 self.path.unlink()
@@ -109,10 +116,14 @@ class ControlServer:
                 await writer.wait_closed()
 
     async def _one(self, line: bytes, writer: asyncio.StreamWriter) -> None:
+        # here, not at the top: the `wzp` client imports this module and needs no config
+        from .config import ConfigError
+
         self.requests += 1
         try:
             req = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: a line of [[[[... (valid JSON, too deep for the parser)
             self.bad_requests += 1
             await _send(writer, {"ok": False, "error": "not JSON"})
             return
@@ -132,25 +143,48 @@ class ControlServer:
                 self.bad_requests += 1
                 await _send(writer, {"ok": False, "error": f"unknown command {cmd[:40]!r}"})
                 return
-            result = await fn(req)
-        except ControlError as exc:
+            answer = _encode({"ok": True, "result": await fn(req)})
+        except (ControlError, ConfigError) as exc:
             await _send(writer, {"ok": False, "error": str(exc)})
             return
         except ConnectionError:
             raise
+        except OSError as exc:  # the machine's fault (a read-only disk...), not a bug
+            text = _os_error_text(exc)
+            log.warning("control command %s refused: %s", cmd, text)
+            await _send(writer, {"ok": False, "error": text})
+            return
         except Exception as exc:  # a bug in one handler never takes the daemon down
             log.exception("control command %s failed", cmd)
             await _send(writer, {"ok": False, "error": f"internal error: {exc}"})
             return
-        await _send(writer, {"ok": True, "result": result})
+        writer.write(answer)
+        await writer.drain()
+
+
+def _encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``PATH: Read-only file system`` rather than ``[Errno 30] Read-only ...: PATH``."""
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}"
+    return exc.strerror or str(exc)
 
 
 async def _send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
-    writer.write(json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n")
+    writer.write(_encode(obj))
     await writer.drain()
 
 
-def _someone_listens(path: Path) -> bool:
+def another_daemon_text(path: Path) -> str:
+    """Why a second daemon on ``path`` does not start."""
+    return f"another wzp daemon is running (control socket {path} answers)"
+
+
+def someone_listens(path: Path) -> bool:
+    """Whether a process accepts connections on the Unix socket ``path`` (a daemon runs)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
         try:

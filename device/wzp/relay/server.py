@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import signal
@@ -30,8 +31,9 @@ from typing import Any
 
 from aioquic.quic.congestion.base import register_congestion_control
 
-from wzp.crypto.identity import Identity
-from wzp.daemon.control import ControlServer
+from wzp.crypto.identity import Identity, fingerprint_text
+from wzp.daemon.commands import identity_problem, listen_error
+from wzp.daemon.control import ControlServer, someone_listens
 from wzp.daemon.identity_store import SeedFileError, load_or_create_seed
 from wzp.daemon.notify import Notifier
 from wzp.net.quic import VoiceCongestionControl, WzpConnection, WzpServer, serve_wzp
@@ -110,13 +112,20 @@ class RelayServer:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._server = await serve_wzp(
-            list(self.config.listen),
-            self.config.port,
-            self.identity,
-            self._on_connection,
-            congestion_control=RELAY_CONGESTION_CONTROL,
-        )
+        """Listen. An ``OSError`` says which port or socket could not be had."""
+        try:
+            self._server = await serve_wzp(
+                list(self.config.listen),
+                self.config.port,
+                self.identity,
+                self._on_connection,
+                congestion_control=RELAY_CONGESTION_CONTROL,
+            )
+        except OSError as exc:
+            why = listen_error(exc, self.config.listen, self.config.port, "another wzp relay")
+            if why is None:
+                raise
+            raise OSError(why) from exc
         for sock in self._server.sockets:
             # room for bursts (a flooding member, many members at once): the kernel caps
             # the request at net.core.rmem_max
@@ -128,7 +137,11 @@ class RelayServer:
                     self.relay, clock=self._clock, send_errors=lambda: self.send_errors
                 )
                 self.metrics = MetricsServer(make_registry(collector), *self.config.metrics)
-                await self.metrics.start()
+                try:
+                    await self.metrics.start()
+                except OSError as exc:
+                    self.metrics = None
+                    raise OSError(_metrics_error(exc, *self.config.metrics)) from exc
             if self._control is not None:
                 self._control.handle("status", self._ctl_status)
                 self._control.handle("identity", self._ctl_identity)
@@ -219,7 +232,7 @@ class RelayServer:
             "connection %d for room %r from %s",
             cid,
             conn.server_name,
-            conn.peer_fingerprint.hex() if conn.peer_fingerprint else "?",
+            fingerprint_text(conn.peer_fingerprint) if conn.peer_fingerprint else "?",
         )
         self._execute(
             self.relay.connect(cid, conn.server_name, self._clock(), conn.peer_fingerprint)
@@ -281,6 +294,12 @@ class RelayServer:
         conn.close(reason_phrase=reason)
 
 
+def _metrics_error(exc: OSError, host: str, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"metrics: TCP port {port} on {host} is in use (another program)"
+    return f"metrics: cannot listen on TCP port {port} on {host}: {exc.strerror or exc}"
+
+
 # --------------------------------------------------------------------- the service
 
 
@@ -291,11 +310,19 @@ async def run_relay(config_path: Path, *, stop: asyncio.Event | None = None) -> 
     except ConfigError as exc:
         print(f"wzp relay: configuration refused:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if someone_listens(config.control_socket):
+        print(
+            f"wzp relay: another wzp relay is running (control socket {config.control_socket} "
+            "answers)",
+            file=sys.stderr,
+        )
+        return 1
     try:
         identity, created = load_or_create_seed(config.identity)
     except (SeedFileError, OSError) as exc:
-        print(f"wzp relay: identity {config.identity}: {exc}", file=sys.stderr)
-        return 1
+        text, status = identity_problem(exc)
+        print(f"wzp relay: identity {config.identity}: {text}", file=sys.stderr)
+        return status
     if created:
         log.info("created a new relay identity at %s", config.identity)
     notifier = Notifier()
