@@ -215,8 +215,8 @@ def test_the_unit_runs_the_daemon_from_the_venv_as_a_notify_service() -> None:
 def test_the_unit_stops_restarting_on_what_a_restart_cannot_fix() -> None:
     """A refused config and an unusable identity (seed file too open, wrong size, folder
     not writable) exit EXIT_CONFIG; systemd must not restart those every 2 s forever."""
-    from wzp.daemon.commands import EXIT_CONFIG, identity_problem
     from wzp.daemon.identity_store import SeedFileError
+    from wzp.daemon.startup import EXIT_CONFIG, identity_problem
 
     text = UNIT.read_text()
     assert values(text, "Service", "Restart") == ["on-failure"]

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from wzp.daemon import commands
-from wzp.daemon.commands import EXIT_CONFIG, identity_problem, listen_error
 from wzp.daemon.identity_store import SeedFileError
+from wzp.daemon.startup import EXIT_CONFIG, identity_problem, listen_error
 
 WZP = [sys.executable, "-m", "wzp.cli"]
 

@@ -100,8 +100,8 @@ def test_the_relay_unit_runs_wzp_relay_as_its_own_user_under_notify() -> None:
 
 
 def test_the_relay_unit_stops_restarting_on_what_a_restart_cannot_fix() -> None:
-    from wzp.daemon.commands import identity_problem
     from wzp.daemon.identity_store import SeedFileError
+    from wzp.daemon.startup import identity_problem
     from wzp.relay.config import EXIT_CONFIG
 
     text = UNIT.read_text()

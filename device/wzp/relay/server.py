@@ -32,10 +32,10 @@ from typing import Any
 from aioquic.quic.congestion.base import register_congestion_control
 
 from wzp.crypto.identity import Identity, fingerprint_text
-from wzp.daemon.commands import identity_problem, listen_error
 from wzp.daemon.control import ControlServer, someone_listens
 from wzp.daemon.identity_store import SeedFileError, load_or_create_seed
 from wzp.daemon.notify import Notifier
+from wzp.daemon.startup import identity_problem, listen_error
 from wzp.net.quic import VoiceCongestionControl, WzpConnection, WzpServer, serve_wzp
 from wzp.proto.signal import Message, UnknownMessage
 
