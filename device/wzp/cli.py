@@ -7,9 +7,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:  # the call machinery loads only for the commands that need it
+    from .media.call import CallEngine
+    from .net.quic import WzpConnection
+    from .proto.session import EndReason
 
 #: Where the daemon keeps its identity on a handset (systemd StateDirectory=wzp).
 SYSTEM_IDENTITY = Path("/var/lib/wzp/identity.seed")
@@ -36,15 +41,12 @@ def _why(exc: BaseException) -> str:
     return "no answer (timed out)" if isinstance(exc, TimeoutError) else type(exc).__name__
 
 
-def _ended(reason: object, engine: Any, conn: Any) -> str:
+def _ended(reason: EndReason | None, engine: CallEngine, conn: WzpConnection) -> str:
     """The line ``wzp listen``/``dial`` print when a connection's call is over."""
     if reason is None:  # the connection ended before any call came up on it
         why = engine.session.end_detail or conn.close_reason or "no call offered"
         return f"connection closed with no call ({why})"
-    return (
-        f"call ended: {reason.value} ({engine.session.end_detail}); "  # type: ignore[attr-defined]
-        f"rekeys {engine.stats.rekeys}"
-    )
+    return f"call ended: {reason.value} ({engine.session.end_detail}); rekeys {engine.stats.rekeys}"
 
 
 def _installed(state_dir: Path) -> bool:

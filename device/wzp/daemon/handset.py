@@ -749,12 +749,7 @@ class Handset:
             info.mic_silent = True
             if not info.mic_warned:  # told once a call; status shows it while it lasts
                 info.mic_warned = True
-                self._fail(
-                    f"the microphone captures nothing ({level:.0f} dBFS for "
-                    f"{MIC_SILENT_S:.0f} s while talking): check the capture device and its "
-                    "level (alsamixer), or run `wzp test audio`",
-                    show_s=30.0,
-                )
+                self._fail(_mic_silent_text(f"{level:.0f} dBFS"), show_s=30.0)
 
     def _drain_call_events(self, info: CallInfo) -> None:
         """What the call engine refused or ignored (stale call ids, a second offer...):
@@ -947,11 +942,7 @@ class Handset:
         info = self.call
         out["capture_silent"] = bool(info is not None and info.mic_silent)
         if out["capture_silent"]:
-            out["capture_problem"] = (
-                f"the microphone captures nothing (below {MIC_SILENT_DBFS:.0f} dBFS for "
-                f"{MIC_SILENT_S:.0f} s while talking): check the capture device and its "
-                "level (alsamixer), or run `wzp test audio`"
-            )
+            out["capture_problem"] = _mic_silent_text(f"below {MIC_SILENT_DBFS:.0f} dBFS")
         return out
 
     # -- control socket --------------------------------------------------------------------
@@ -1105,3 +1096,10 @@ def _fp_text(identity_pub: bytes | None) -> str | None:
 
 def _ago(now: float, at: float | None) -> float | None:
     return None if at is None else round(max(0.0, now - at), 1)
+
+
+def _mic_silent_text(level: str) -> str:
+    return (
+        f"the microphone captures nothing ({level} for {MIC_SILENT_S:.0f} s while talking): "
+        "check the capture device and its level (alsamixer), or run `wzp test audio`"
+    )

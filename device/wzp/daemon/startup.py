@@ -8,7 +8,8 @@ import errno
 import socket
 from collections.abc import Iterable
 
-#: the exit status of a start-up problem that needs a person (the config, the identity)
+#: the exit status of a start-up problem that needs a person (the config, the identity):
+#: sysexits EX_CONFIG; the units do not restart on it
 EXIT_CONFIG = 78
 
 #: errors with the identity's folder that a restart cannot fix (a full disk or an I/O

@@ -49,6 +49,7 @@ from wzp.daemon.config import (
     check_fingerprint,
     key_lines,
 )
+from wzp.daemon.startup import EXIT_CONFIG  # the handset's, for the same unit setting
 
 from .room import (
     DEFAULT_MAX_MEMBERS,
@@ -78,9 +79,6 @@ DEFAULT_LISTEN = ("0.0.0.0", "::")
 DEFAULT_PORT = 4433
 DEFAULT_IDENTITY = Path("/var/lib/wzp-relay/identity.seed")
 DEFAULT_CONTROL_SOCKET = Path("/run/wzp-relay/control.sock")
-#: exit status of a refused configuration (sysexits EX_CONFIG); the unit does not
-#: restart on it (RestartPreventExitStatus=78)
-EXIT_CONFIG = 78
 UNIX_SOCKET_MAX = 107  # sun_path holds 108 bytes including the final NUL
 
 TOP_KEYS = (

@@ -57,6 +57,10 @@ class BootFS(Protocol):
         """Room left on the file system, bytes."""
         ...
 
+    def tree_bytes(self, path: str) -> int:
+        """Bytes of the files under a folder (0 when it does not exist)."""
+        ...
+
     def listdir(self, path: str = "") -> dict[str, bool] | None:
         """Names in a folder -> is-a-folder; None when the folder does not exist."""
         ...
@@ -112,6 +116,10 @@ class FolderFS:
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
+
+    def tree_bytes(self, path: str) -> int:
+        folder = self._p(path)
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
     def listdir(self, path: str = "") -> dict[str, bool] | None:
         folder = self._p(path)
@@ -184,11 +192,23 @@ class MtoolsFS:
 
     def free_bytes(self) -> int:
         # mdir's last line: "   3 088 384 bytes free" (digits grouped by spaces)
-        out = (self._run("mdir", "::/") or b"").decode("utf-8", "replace")
-        match = re.search(r"([\d ,.']+) bytes free", out)
-        digits = re.sub(r"\D", "", match.group(1)) if match else ""
+        out = self._run("mdir", "::/") or b""
+        return self._mdir_number(out, r"bytes free", "how much room is free")
+
+    def tree_bytes(self, path: str) -> int:
+        # mdir -/ ends with "Total files listed:" and "   38 files   13 602 141 bytes"
+        out = self._run("mdir", "-/", self._card(path), ok_missing=True)
+        if out is None:
+            return 0
+        return self._mdir_number(out, r"bytes\s*$", f"how big {path} is", last=True)
+
+    def _mdir_number(self, out: bytes, after: str, what: str, last: bool = False) -> int:
+        """The number (digits grouped by spaces) before ``after`` in mdir's output."""
+        text = out.decode("utf-8", "replace")
+        found = re.findall(rf"(\d[\d ,.']*) {after}", text, flags=re.MULTILINE)
+        digits = re.sub(r"\D", "", found[-1 if last else 0]) if found else ""
         if not digits:
-            raise SdcardError(f"mdir on {self.description} did not say how much room is free")
+            raise SdcardError(f"mdir on {self.description} did not say {what}")
         return int(digits)
 
     def listdir(self, path: str = "") -> dict[str, bool] | None:

@@ -412,7 +412,7 @@ def prepare(opts: Options, log: Log) -> int:
                 log("fetching the Pi's wheels (aarch64, Python 3.11 and 3.13) ...")
                 house = fetch_wheelhouse(wheel, Path(tmp) / "wheels", opts.index_args)
         payload = build_payload(root, wheel, house, debs)
-        _check_space(fs, payload, _tree_bytes(fs, "wzp") if manifest is not None else 0)
+        _check_space(fs, payload, fs.tree_bytes("wzp") if manifest is not None else 0)
 
         log(f"target: {fs.description}")
         log(f"found: {release.describe()}")
@@ -464,18 +464,6 @@ def _check_space(fs: BootFS, payload: Payload, reclaimed: int = 0) -> None:
             f"{need // (1 << 20) + 1} MiB"
             + (" (the --offline wheels and Debian packages are most of it)" if bulky else "")
         )
-
-
-def _tree_bytes(fs: BootFS, folder: str) -> int:
-    """Bytes of the files under ``folder`` (their cluster slack not counted: a low guess)."""
-    total = 0
-    for name, is_dir in (fs.listdir(folder) or {}).items():
-        path = f"{folder}/{name}"
-        if is_dir:
-            total += _tree_bytes(fs, path)
-        else:
-            total += len(fs.read(path) or b"")
-    return total
 
 
 def _write(fs: BootFS, plan: Plan, payload: Payload) -> None:
