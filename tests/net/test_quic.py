@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gc
 import json
 import random
 import socket
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicProtocolVersion
 from cryptography import x509
@@ -43,6 +45,7 @@ from wzp.net.quic import (
     connect_wzp,
     serve_wzp,
 )
+from wzp.net.udpproxy import UdpLossyProxy
 from wzp.proto.framing import frame
 from wzp.proto.signal import (
     CallAnswer,
@@ -56,6 +59,7 @@ from wzp.proto.signal import (
     decode,
     encode,
 )
+from wzp.sim.link import LinkConfig
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 TIMEOUT = 5.0
@@ -517,6 +521,83 @@ async def test_handshake_timeout() -> None:
         port = silent.getsockname()[1]
         with pytest.raises(TimeoutError):
             await connect_wzp("127.0.0.1", port, Identity.generate(), timeout=0.3)
+
+
+async def test_a_timed_out_handshake_leaves_no_unread_failure() -> None:
+    """aioquic's own wait_connected() fails a shielded future later, with nobody to read
+    it; asyncio then logs "Future exception was never retrieved" into the journal."""
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            port = silent.getsockname()[1]
+            with pytest.raises(TimeoutError, match=r"no answer in 0\.5 s"):
+                await connect_wzp("127.0.0.1", port, Identity.generate(), timeout=0.5,
+                                  attempt_every=0.2)  # fmt: skip
+        await asyncio.sleep(0.3)  # the closed attempts end
+        gc.collect()  # unread futures report when collected
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert unretrieved == []
+
+
+async def _connect_through_blackout(attempt_every: float | None) -> tuple[float, int]:
+    """Connect through a path that loses everything for its first 1.5 s; 2.6 s allowed.
+
+    One handshake's retransmission timeout doubles from 0.2 s: its Initial goes at 0,
+    0.2, 0.6 and 1.4 s (all lost) and next at 3.0 s, too late. Attempts every second
+    start over: the one from 1.0 s retries at 1.2 s (lost) and 1.6 s (through).
+    Returns (seconds to connect, server-side connections still open a moment later).
+    """
+    b = Identity.generate()
+    accepted: list[WzpConnection] = []
+    server = await serve_wzp("127.0.0.1", 0, b, accepted.append)
+    try:
+        dark = LinkConfig(blackouts=((0.0, 1.5),))
+        async with UdpLossyProxy(("127.0.0.1", server.port), dark) as proxy:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            conn = await connect_wzp("127.0.0.1", proxy.port, Identity.generate(),
+                                     b.fingerprint, timeout=2.6,
+                                     attempt_every=attempt_every)  # fmt: skip
+            took = loop.time() - start
+            try:
+                await asyncio.sleep(1.0)  # a later attempt that also got through is closed
+                assert conn.is_connected
+                return took, sum(1 for c in accepted if not c._ended)
+            finally:
+                await conn.aclose(timeout=0.5)
+    finally:
+        server.close()
+
+
+async def test_a_new_handshake_attempt_gets_through_where_one_is_backing_off() -> None:
+    with pytest.raises(TimeoutError):
+        await _connect_through_blackout(attempt_every=None)
+    took, open_on_server = await _connect_through_blackout(attempt_every=1.0)
+    assert 1.5 <= took < 2.6
+    assert open_on_server == 1  # the caller kept one connection and closed any other
+
+
+async def test_a_refused_handshake_is_not_retried() -> None:
+    """A peer that refuses the handshake (here: it speaks another ALPN) is an answer."""
+    config = wq.make_configuration(Identity.generate(), False)
+    config.alpn_protocols = ["h3"]
+    server = await serve("127.0.0.1", 0, configuration=config)
+    port = server._transport.get_extra_info("sockname")[1]
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(ConnectionError, match=r"handshake with 127\.0\.0\.1"):
+            await connect_wzp("127.0.0.1", port, Identity.generate(), timeout=5.0,
+                              attempt_every=0.2)  # fmt: skip
+        assert loop.time() - start < 2.0  # not retried until the timeout
+    finally:
+        server.close()
 
 
 # ------------------------------------------------------------------------ housekeeping

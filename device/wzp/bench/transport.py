@@ -23,6 +23,14 @@ Two wzp QUIC endpoints on loopback, one in-process lossy UDP proxy between them
   (both directions of its call) is read from /proc. The ladder's top tier at 0 % loss
   (Opus 16 kbit/s, 60 ms) and whatever the controller picks at 30 %.
 
+* **Connecting.** How often a call can be set up on a terrible link at all: QUIC
+  handshakes through the proxy with the loss on from the first packet, random and
+  Gilbert (mean burst 3 packets), at 30/50/70 %, 300 ms one way; ``HANDSHAKE_TRIES``
+  tries a point (each its own seeded link), judged by the handset's dial timeout. Once
+  as one handshake, whose retransmission timeout doubles after every lost flight (the
+  baseline), once as :func:`~wzp.net.quic.connect_wzp` makes it, with a fresh attempt
+  every :data:`~wzp.net.quic.ATTEMPT_EVERY_S`.
+
 Fixed settings, seeded links; measured values are written, never tuned.
 """
 
@@ -46,11 +54,12 @@ import numpy as np
 
 from ..audio.files import Discard, FileSource
 from ..crypto.identity import Identity
+from ..daemon.handset import DIAL_TIMEOUT_S
 from ..daemon.identity_store import write_seed
 from ..media.call import CallEngine
 from ..media.codecs import make_frame_decoder, make_tier_encoder
 from ..net.callrunner import CallRunner
-from ..net.quic import WzpConnection, connect_wzp, serve_wzp
+from ..net.quic import ATTEMPT_EVERY_S, WzpConnection, connect_wzp, serve_wzp
 from ..net.udpproxy import UdpLossyProxy
 from ..sim.link import LinkConfig
 
@@ -74,6 +83,12 @@ QUEUEING_P99_MAX_MS = 20.0
 # point checks the rule: ``datagram_packets_seen`` must equal ``sent``
 # (``datagram_packet_rule_checked``).
 DATAGRAM_PACKET_BYTES = PAYLOAD + 30
+
+
+HANDSHAKE_LOSSES = (0.3, 0.5, 0.7)
+HANDSHAKE_MODELS = (("random", 1.0), ("bursty", 3.0))
+HANDSHAKE_DELAY_S = 0.300
+HANDSHAKE_TRIES = 40
 
 
 def _is_datagram_packet(data: bytes) -> bool:
@@ -181,6 +196,51 @@ async def _delivery_point(loss: float, delay: float, seed: int) -> dict[str, Any
     }
 
 
+async def _handshake_point(
+    loss: float, model: str, burst: float, attempt_every: float | None, seed: int
+) -> dict[str, Any]:
+    """``HANDSHAKE_TRIES`` connects at once, each through its own seeded lossy proxy."""
+    server_id = Identity.generate()
+    server = await serve_wzp("127.0.0.1", 0, server_id, lambda conn: None)
+    loop = asyncio.get_running_loop()
+
+    async def one(i: int) -> float | None:
+        cfg = LinkConfig(loss=loss, burst=burst, delay_s=HANDSHAKE_DELAY_S)
+        async with UdpLossyProxy(("127.0.0.1", server.port), cfg, seed=seed * 100_003 + i) as proxy:
+            start = loop.time()
+            try:
+                conn = await connect_wzp("127.0.0.1", proxy.port, Identity.generate(),
+                                         server_id.fingerprint, timeout=DIAL_TIMEOUT_S,
+                                         attempt_every=attempt_every)  # fmt: skip
+            except (TimeoutError, ConnectionError):
+                return None
+            took = loop.time() - start
+            conn.close()
+            return took
+
+    try:
+        results = await asyncio.gather(*(one(i) for i in range(HANDSHAKE_TRIES)))
+    finally:
+        server.close()
+    times = sorted(t for t in results if t is not None)
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(times, q)), 2) if times else None
+
+    return {
+        "loss": loss,
+        "model": model,
+        "mean_burst": burst,
+        "attempt_every_s": attempt_every,
+        "tries": HANDSHAKE_TRIES,
+        "connected": len(times),
+        "connected_fraction": round(len(times) / HANDSHAKE_TRIES, 3),
+        "seconds_p50": pct(50),
+        "seconds_p90": pct(90),
+        "seconds_max": round(times[-1], 2) if times else None,
+    }
+
+
 def _proc_cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -266,12 +326,24 @@ def run_transport(out: Path, seed: int = 1, log: Callable[[str], None] = print) 
                 p = await _delivery_point(loss, delay, seed)
                 log(_describe(p))
                 points.append(p)
+        handshakes = []
+        for model, burst in HANDSHAKE_MODELS:
+            for loss in HANDSHAKE_LOSSES:
+                for every in (None, ATTEMPT_EVERY_S):
+                    h = await _handshake_point(loss, model, burst, every, seed)
+                    how = "one handshake" if every is None else f"attempts every {every:g} s"
+                    log(
+                        f"connect {model} {loss:.0%} ({how}): {h['connected']}/{h['tries']} "
+                        f"within {DIAL_TIMEOUT_S:g} s, p50 {h['seconds_p50']} s, "
+                        f"p90 {h['seconds_p90']} s"
+                    )
+                    handshakes.append(h)
         cpu = []
         for loss in (0.0, 0.3):
             c = await _cpu_point(loss, 0.150, 10.0, seed)
             log(f"cpu loss {loss:.0%}: one handset process {c['percent_of_one_core']} % of a core")
             cpu.append(c)
-        return {"delivery": points, "cpu": cpu}
+        return {"delivery": points, "handshakes": handshakes, "cpu": cpu}
 
     t0 = time.process_time()
     results = asyncio.run(main())
@@ -287,6 +359,8 @@ def run_transport(out: Path, seed: int = 1, log: Callable[[str], None] = print) 
             "delivery_target": "delivered_fraction >= (1 - link_loss_of_datagram_packets)"
             f" - {DELIVERY_MARGIN}",
             "queueing_target": f"queueing_ms_p99 <= {QUEUEING_P99_MAX_MS}",
+            "handshake_one_way_delay_ms": HANDSHAKE_DELAY_S * 1000,
+            "handshake_timeout_s": DIAL_TIMEOUT_S,
         },
         "machine": platform.machine(),
         "python": platform.python_version(),
