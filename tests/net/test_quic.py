@@ -20,6 +20,7 @@ from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import serve
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicProtocolVersion
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -596,6 +597,62 @@ async def test_a_refused_handshake_is_not_retried() -> None:
             await connect_wzp("127.0.0.1", port, Identity.generate(), timeout=5.0,
                               attempt_every=0.2)  # fmt: skip
         assert loop.time() - start < 2.0  # not retried until the timeout
+    finally:
+        server.close()
+
+
+def _fake_initials(n: int) -> list[bytes]:
+    """``n`` first datagrams of real client handshakes (each its own connection id), as a
+    flood would send them: nobody behind them ever answers."""
+    out = []
+    for _ in range(n):
+        quic = QuicConnection(
+            configuration=QuicConfiguration(is_client=True, alpn_protocols=[wq.ALPN])
+        )
+        quic.connect(("127.0.0.1", 9), now=0.0)
+        out.append(quic.datagrams_to_send(now=0.0)[0][0])
+    return out
+
+
+async def test_a_flood_of_initials_is_answered_statelessly_past_the_limit() -> None:
+    """Past the limit of handshakes in progress the server keeps no state for a new one
+    until the client has answered a Retry; a real client still gets in, one round trip
+    later, and everything dropped is counted."""
+    b = Identity.generate()
+    server = await serve_wzp("127.0.0.1", 0, b, lambda conn: None, half_open_limit=8)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
+            for datagram in _fake_initials(40):
+                flood.sendto(datagram, ("127.0.0.1", server.port))
+            flood.sendto(b"\x00not quic", ("127.0.0.1", server.port))
+            await _until(lambda: server.counters.retries >= 32)
+        assert server.half_open == 8
+        assert server.counters.not_quic == 1
+        conn = await connect_wzp("127.0.0.1", server.port, Identity.generate(), b.fingerprint,
+                                 timeout=TIMEOUT)  # fmt: skip
+        try:
+            assert conn.is_connected
+            assert server.counters.retries == 33  # the real client was asked to retry too
+            assert server.half_open == 8
+        finally:
+            await conn.aclose(timeout=0.5)
+    finally:
+        server.close()
+
+
+async def test_a_forged_retry_token_is_refused_and_counted() -> None:
+    b = Identity.generate()
+    server = await serve_wzp("127.0.0.1", 0, b, lambda conn: None, half_open_limit=0)
+    try:
+        quic = QuicConnection(
+            configuration=QuicConfiguration(is_client=True, alpn_protocols=[wq.ALPN])
+        )
+        quic._peer_token = b"forged-token-of-a-retry-never-sent"
+        quic.connect(("127.0.0.1", server.port), now=0.0)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as forger:
+            forger.sendto(quic.datagrams_to_send(now=0.0)[0][0], ("127.0.0.1", server.port))
+            await _until(lambda: server.counters.bad_tokens == 1)
+        assert server.half_open == 0
     finally:
         server.close()
 

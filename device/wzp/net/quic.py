@@ -91,8 +91,9 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.congestion.base import register_congestion_control
 from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicProtocolVersion
+from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
 from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE
+from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography import x509
 
 from wzp.crypto.identity import Identity, fingerprint_text, parse_fingerprint
@@ -142,6 +143,14 @@ ORDER_HOLD_S = 10.0
 #: Measured through the lossy proxy (300 ms one way, 15 s to connect, 20 tries each):
 #: one attempt connected 13/20 times at 70 % random loss, attempts every 3 s 20/20.
 ATTEMPT_EVERY_S = 3.0
+#: Handshakes a listening socket keeps in progress before a new client must first prove
+#: its address with a Retry round trip (RFC 9000 8.1.2). Each costs the server about
+#: 20 KB for up to the 30 s idle timeout, and a 1200-byte datagram that merely looks like
+#: a QUIC Initial starts one: without a limit anyone who can send UDP to a relay could
+#: fill its memory (QA measured +370 MB for 20 000 such datagrams). Past the limit, the
+#: server answers new Initials statelessly; a spoofed sender never sees the Retry, a
+#: real client pays one more round trip.
+MAX_HALF_OPEN = 64
 VOICE_CONGESTION_CONTROL = "wzp-voice"
 
 #: Application error codes (RESET_STREAM / STOP_SENDING / CONNECTION_CLOSE).
@@ -899,11 +908,71 @@ async def connect_wzp(
 OnConnection = Callable[[WzpConnection], Awaitable[None] | None]
 
 
+@dataclass
+class ServerCounters:
+    """What a listening endpoint refused before any connection existed."""
+
+    not_quic: int = 0  # datagrams without a QUIC header: dropped
+    retries: int = 0  # new handshakes asked to prove their address first (over the limit)
+    bad_tokens: int = 0  # Initials whose Retry token did not validate: refused
+
+
+class _GuardedQuicServer(QuicServer):
+    """aioquic's server, with address validation (Retry) once ``limit`` handshakes are
+    in progress, and the datagrams it drops counted."""
+
+    def __init__(self, *, counters: ServerCounters, limit: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._counters = counters
+        self._limit = limit
+        self._tokens = QuicRetryTokenHandler()
+
+    def half_open(self) -> int:
+        """Connections whose handshake has not finished (nor failed) yet."""
+        return sum(
+            1
+            for p in set(self._protocols.values())
+            if isinstance(p, WzpConnection) and not p._ready and not p._ended
+        )
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        raw = data if isinstance(data, bytes) else data.encode()
+        try:
+            header = pull_quic_header(
+                Buffer(data=raw), host_cid_length=self._configuration.connection_id_length
+            )
+        except ValueError:
+            self._counters.not_quic += 1
+            return
+        new = (
+            header.packet_type == QuicPacketType.INITIAL
+            and header.destination_cid not in self._protocols
+        )
+        # a token is validated whenever one comes (it answers a Retry of ours, perhaps
+        # from before the load fell); without one, a Retry only over the limit
+        if new and (header.token or self.half_open() >= self._limit):
+            self._retry = self._tokens
+            if header.token:
+                try:
+                    self._tokens.validate_token(
+                        address=addr, destination_cid=header.destination_cid,
+                        token=header.token, now=self._loop.time(),
+                    )  # fmt: skip
+                except ValueError:
+                    self._counters.bad_tokens += 1
+            else:
+                self._counters.retries += 1
+        else:
+            self._retry = None
+        super().datagram_received(raw, addr)
+
+
 class WzpServer:
     """Listening wzp endpoint: one UDP socket per address family (see :func:`serve_wzp`)."""
 
     def __init__(self, on_connection: OnConnection) -> None:
         self._on_connection = on_connection
+        self.counters = ServerCounters()
         self._servers: list[QuicServer] = []
         self._sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -921,6 +990,11 @@ class WzpServer:
     @property
     def port(self) -> int:
         return self._sockets[0].getsockname()[1]
+
+    @property
+    def half_open(self) -> int:
+        """Handshakes in progress on every socket."""
+        return sum(s.half_open() for s in self._servers if isinstance(s, _GuardedQuicServer))
 
     def _make_protocol(self, quic: QuicConnection, stream_handler: Any = None) -> WzpConnection:
         conn = WzpConnection(quic, stream_handler=stream_handler)
@@ -978,8 +1052,12 @@ async def serve_wzp(
     on_connection: OnConnection,
     *,
     congestion_control: str = VOICE_CONGESTION_CONTROL,
+    half_open_limit: int = MAX_HALF_OPEN,
 ) -> WzpServer:
     """Listen for wzp connections; ``on_connection(conn)`` runs after each handshake.
+
+    Past ``half_open_limit`` handshakes in progress on a socket, new clients are sent a
+    Retry first (:data:`MAX_HALF_OPEN`); drops are counted in ``server.counters``.
 
     ``host`` is one address, several, or ``None`` for both wildcards (``0.0.0.0`` and
     ``::``). Each address gets its own socket and its own aioquic server: IPv6 sockets are
@@ -1029,7 +1107,12 @@ async def serve_wzp(
     try:
         for sock in sockets:
             _, proto = await loop.create_datagram_endpoint(
-                lambda: QuicServer(configuration=config, create_protocol=server._make_protocol),
+                lambda: _GuardedQuicServer(
+                    configuration=config,
+                    create_protocol=server._make_protocol,
+                    counters=server.counters,
+                    limit=half_open_limit,
+                ),
                 sock=sock,
             )
             server._servers.append(proto)  # type: ignore[arg-type]

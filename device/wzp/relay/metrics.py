@@ -107,10 +107,12 @@ class RelayCollector(Collector):
         *,
         clock: Callable[[], float] = time.monotonic,
         send_errors: Callable[[], int] = lambda: 0,
+        handshakes: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.relay = relay
         self._clock = clock
         self._send_errors = send_errors
+        self._handshakes = handshakes
 
     def collect(self) -> Iterator[Metric]:
         relay = self.relay
@@ -186,6 +188,24 @@ class RelayCollector(Collector):
         yield _counter("wzp_relay_floor_changes", "Push-to-talk floor changes", c.floor_changes)
         yield _counter(
             "wzp_relay_send_errors", "Messages that could not be sent", self._send_errors()
+        )
+        hs = self._handshakes()
+        yield GaugeMetricFamily(
+            "wzp_relay_handshakes_in_progress",
+            "QUIC handshakes started and not finished",
+            value=hs.get("in_progress", 0),
+        )
+        yield _counter(
+            "wzp_relay_retries",
+            "New handshakes asked to prove their address first (too many in progress)",
+            hs.get("retries", 0),
+        )
+        yield _counter(
+            "wzp_relay_bad_retry_tokens", "Initials with a forged or stale Retry token",
+            hs.get("bad_tokens", 0),
+        )  # fmt: skip
+        yield _counter(
+            "wzp_relay_not_quic", "Datagrams without a QUIC header, dropped", hs.get("not_quic", 0)
         )
         yield from self._members()
 

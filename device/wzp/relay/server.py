@@ -134,7 +134,10 @@ class RelayServer:
         try:
             if self.config.metrics is not None:
                 collector = RelayCollector(
-                    self.relay, clock=self._clock, send_errors=lambda: self.send_errors
+                    self.relay,
+                    clock=self._clock,
+                    send_errors=lambda: self.send_errors,
+                    handshakes=self.handshakes,
                 )
                 self.metrics = MetricsServer(make_registry(collector), *self.config.metrics)
                 try:
@@ -187,6 +190,19 @@ class RelayServer:
     def _sockets(self) -> list[socket.socket]:
         return self._server.sockets if self._server is not None else []
 
+    def handshakes(self) -> dict[str, int]:
+        """QUIC handshakes in progress, and what the listening sockets refused before any
+        connection existed (too many handshakes at once, forged tokens, not QUIC)."""
+        if self._server is None:
+            return {"in_progress": 0, "retries": 0, "bad_tokens": 0, "not_quic": 0}
+        c = self._server.counters
+        return {
+            "in_progress": self._server.half_open,
+            "retries": c.retries,
+            "bad_tokens": c.bad_tokens,
+            "not_quic": c.not_quic,
+        }
+
     def status(self) -> dict[str, Any]:
         """Rooms, members (slot, alias, fingerprint), counters: for ``wzp relay`` status."""
         return {
@@ -203,6 +219,7 @@ class RelayServer:
             **self.relay.status(),
             "counters": self.relay.counters.as_dict(),
             "send_errors": self.send_errors,
+            "handshakes": self.handshakes(),
         }
 
     async def _ctl_status(self, req: dict[str, Any]) -> dict[str, Any]:
