@@ -10,6 +10,7 @@ handsets rejoin by themselves and the audio comes back.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -246,7 +247,8 @@ async def test_push_to_talk_room_floor(tmp_path: Path) -> None:
         assert b.h.floor_taken() and not b.h.talk_now()
         assert b.h.status()["relay"]["floor_taken"] is True
         text = format_status(b.h.status())
-        assert "floor_taken by a (slot" in text and "your PTT waits" in text, text
+        # A by B's contact name for it, not by the alias A gives itself ("a")
+        assert "floor_taken by alice (slot" in text and "your PTT waits" in text, text
         assert "PTT held, waiting for the floor" in text
         assert "floor: you have it" in format_status(a.h.status())
         assert any(e["kind"] == "floor" for e in b.h.events)
@@ -258,6 +260,101 @@ async def test_push_to_talk_room_floor(tmp_path: Path) -> None:
         await until(lambda: b.h.call.runner.talking, 2, "B talking")  # type: ignore[union-attr]
         # the relay tells each member separately; A's notice may land a moment after B's
         await until(a.h.floor_taken, 2, "A sees B's floor")
+    finally:
+        await a.h.stop()
+        await b.h.stop()
+        await server.close()
+
+
+@pytest.mark.parametrize("case", ["not-allowed", "no-such-room", "fingerprint"])
+async def test_a_relay_that_will_never_seat_the_handset_lights_the_error_led(
+    tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not on the allow list, no such room, not the pinned relay: the status LED shows
+    the error pattern (not "ready"), at once, and the refusal is reported once, as soon
+    as the relay closes the connection (not after the 10 s the Join may take)."""
+    from wzp.daemon import relaylink
+
+    monkeypatch.setattr(relaylink, "BACKOFF_S", (60.0,))  # one attempt in this test
+    ident, relay_id = Identity.generate(), Identity.generate()
+    server = await _relay(relay_id, 0, [Identity.generate() if case == "not-allowed" else ident])
+    pinned = Identity.generate() if case == "fingerprint" else relay_id
+    box = await _box(
+        tmp_path, "a", ident, DemoAudio(np.zeros(0, np.int16)), {}, None,
+        relay_address=("127.0.0.1", server.port), relay_fingerprint=pinned.fingerprint,
+        relay_room="attic" if case == "no-such-room" else ROOM,
+    )  # fmt: skip
+    try:
+        link = box.h.relay
+        assert link is not None
+        t0 = time.monotonic()
+        await until(lambda: link.state == "reconnecting", 5, "the refusal")
+        assert time.monotonic() - t0 < relaylink.JOIN_TIMEOUT_S / 2
+        await until(lambda: box.statuses()[-1] == "error", 1, "the error pattern")
+        assert box.h.status()["status_led"] == "error"
+        line = next(ln for ln in format_status(box.h.status()).splitlines() if "relay" in ln)
+        assert line.startswith(" ✗ relay"), line
+        word = "mismatch" if case == "fingerprint" else case
+        assert word in line, line
+        # (the QUIC layer also logs a mismatch of its own)
+        told = [
+            r for r in caplog.records if r.name.startswith("wzp.daemon") and word in r.getMessage()
+        ]
+        assert len(told) == 1 and told[0].levelno == logging.WARNING, told
+    finally:
+        await box.h.stop()
+        await server.close()
+
+
+async def test_a_full_duplex_handset_in_a_push_to_talk_room_takes_the_floor_to_speak_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full-duplex handset's microphone is always open: in a push-to-talk room it would
+    hold the floor all call. It sends only while it hears speech, so the others can talk
+    in its pauses; it warns once that its mode does not suit the room."""
+    ids = {"A": Identity.generate(), "B": Identity.generate()}
+    relay_id = Identity.generate()
+    rooms = {ROOM: RoomPolicy(allow=None, push_to_talk=True)}
+    server = RelayServer(
+        RelayConfig(listen=("127.0.0.1",), port=0, rooms=rooms), relay_id, control=False
+    )
+    await server.start()
+    relay_kw = {
+        "relay_address": ("127.0.0.1", server.port),
+        "relay_fingerprint": relay_id.fingerprint,
+        "relay_room": ROOM,
+    }
+    cards = {n: FakeCard() for n in "AB"}
+    cards["A"].amplitude = 0.0  # A says nothing at first
+    cards["B"].amplitude = 8000.0
+    b = await _box(
+        tmp_path, "b", ids["B"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=cards["B"].open),
+        {"alice": Contact("alice", ids["A"].fingerprint, "", 0)}, auto_answer_s=0.0, **relay_kw,
+    )  # fmt: skip
+    a = await _box(
+        tmp_path, "a", ids["A"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=cards["A"].open),
+        {"bob": Contact("bob", ids["B"].fingerprint, "", 0)}, "bob",
+        mode="full-duplex", **relay_kw,
+    )  # fmt: skip
+    try:
+        await until(
+            lambda: bool(a.h.relay and b.h.relay and a.h.relay.joined and b.h.relay.joined), 10
+        )
+        await until(lambda: ids["B"].fingerprint in a.h.relay.members, 5)  # type: ignore[union-attr]
+        a.h.place_call()
+        await until(lambda: a.h.state_name() == "active" and b.h.state_name() == "active", 15)
+        await asyncio.sleep(1.5)
+        # silent: A's open microphone does not take the floor
+        assert a.h.relay.floor is None and not a.h.call.runner.talking  # type: ignore[union-attr]
+        cards["A"].amplitude = 8000.0  # A speaks: it takes the floor
+        await until(lambda: b.h.relay.floor == a.h.relay.slot, 5, "A's floor")  # type: ignore[union-attr]
+        cards["A"].amplitude = 0.0  # and stops: the floor is free again for B's PTT
+        b.h.set_ptt(True)
+        await until(lambda: b.h.relay.floor == b.h.relay.slot, 5, "B's floor")  # type: ignore[union-attr]
+        warned = [r for r in caplog.records if "push-to-talk room" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING, warned
+        line = next(ln for ln in format_status(a.h.status()).splitlines() if "relay" in ln)
+        assert line.startswith(" ✗ relay") and 'mode = "half-duplex"' in line, line
     finally:
         await a.h.stop()
         await b.h.stop()

@@ -109,8 +109,8 @@ STATUS_MEANINGS: dict[str, str] = {
     "in_call": "in a call",
     "rekeying": "in a call, renewing its keys",
     "error": (
-        "needs attention (sound card gone, call failed, stuck button, boot file refused): "
-        "see `wzp status`"
+        "needs attention (sound card gone, call failed, stuck button, boot file refused, "
+        "relay refusing this handset or out of reach): see `wzp status`"
     ),
 }
 

@@ -15,7 +15,8 @@ One :class:`Handset` is the daemon behind ``wzp run`` (and each of the two hands
 Push-to-talk: in half-duplex mode the microphone is live while PTT is held, plus a
 short hangover after release, with the audio of the moment before the press sent first
 (the first syllable is kept); the speaker is muted while talking. In full-duplex mode
-PTT toggles the microphone's mute.
+PTT toggles the microphone's mute; through a push-to-talk room (whose floor goes to
+whoever sends) the open microphone is sent only while it hears speech.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from .control import ControlError, ControlServer
 from .notify import Notifier
 from .relaylink import RelayLink, RelaySettings, RoomChannel
 from .resources import ResourceMonitor
+from .statusfmt import PTT_ROOM_FULL_DUPLEX
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,11 @@ AUDIO_FAULTS = ("missing", "busy", "error")
 #: talking with the capture level below this for MIC_SILENT_S is reported
 MIC_SILENT_DBFS = -80.0
 MIC_SILENT_S = 5.0
+#: full duplex through a push-to-talk room: the microphone is sent (and holds the floor)
+#: only while it hears more than this (speech; a quiet room stays below) ...
+VOICE_DBFS = -50.0
+#: ... and this long after (the pauses between words keep the floor)
+VOICE_HANGOVER_S = 1.0
 
 
 class AudioPort(Protocol):
@@ -117,7 +124,12 @@ class _CallAudio:
 
     def read(self) -> np.ndarray:
         self.read_at = time.monotonic()
-        return self.h.audio.read()
+        pcm = self.h.audio.read()
+        if len(pcm) and self.h.voice_gated():
+            ms = float(np.mean(pcm.astype(np.float64) ** 2))
+            if 10 * math.log10(max(ms, 1e-3) / 32768**2) > VOICE_DBFS:
+                self.h.voice_at = self.read_at
+        return pcm
 
     def write(self, pcm: np.ndarray) -> None:
         h = self.h
@@ -167,6 +179,9 @@ class Handset:
         self._call_long = False
         self._floor_noted = False
         self.ptt_released_at = -math.inf
+        #: when the microphone last heard speech (full duplex in a push-to-talk room)
+        self.voice_at = -math.inf
+        self._ptt_room_warned = False
         self.muted = False
         self.started_at = time.monotonic()
         self.tier_changes = 0
@@ -280,8 +295,9 @@ class Handset:
         try:
             return self.contacts.load()
         except ContactsError as exc:
-            if self.last_error != str(exc):
-                self._fail(f"contacts file unusable: {exc}")
+            text = f"contacts file unusable: {exc}"
+            if self.last_error != text:  # told once (status asks for the names too)
+                self._fail(text)
             return {}
 
     def all_contacts(self) -> dict[str, Contact]:
@@ -608,10 +624,26 @@ class Handset:
         self._note("ptt", "down" if down else "up")
 
     def wants_to_talk(self) -> bool:
-        """PTT held (or its hangover), or an unmuted full-duplex microphone."""
+        """PTT held (or its hangover), or an unmuted full-duplex microphone (in a
+        push-to-talk room: one that hears speech, else it would hold the floor all call)."""
         if self.config.mode == "full-duplex":
+            if self.voice_gated():
+                return not self.muted and time.monotonic() - self.voice_at < VOICE_HANGOVER_S
             return not self.muted
         return self.ptt_down or self.now() - self.ptt_released_at < PTT_HANGOVER_S
+
+    def in_ptt_room_full_duplex(self) -> bool:
+        """Joined to a push-to-talk room with the mode of a handset that never lets go."""
+        return self.config.mode == "full-duplex" and bool(self.relay and self.relay.push_to_talk)
+
+    def voice_gated(self) -> bool:
+        """A full-duplex call through a push-to-talk room: the floor goes to whoever
+        sends, so the open microphone sends only while it hears speech."""
+        return (
+            self.in_ptt_room_full_duplex()
+            and self.call is not None
+            and isinstance(self.call.conn, RoomChannel)
+        )
 
     def talk_now(self) -> bool:
         wants = self.wants_to_talk()
@@ -624,6 +656,11 @@ class Handset:
             return False
         self._floor_noted = False
         return wants
+
+    def _check_ptt_room(self) -> None:
+        if self.in_ptt_room_full_duplex() and not self._ptt_room_warned:
+            self._ptt_room_warned = True  # a setting: said once, status shows it meanwhile
+            self._note("error", f"room {self._room_name()}: {PTT_ROOM_FULL_DUPLEX}")
 
     def floor_taken(self) -> bool:
         """In a relay call, whether another member of the room holds the floor."""
@@ -708,6 +745,7 @@ class Handset:
 
     async def _slow_tick(self, now: float) -> None:
         info = self.call
+        self._check_ptt_room()
         if self.monitor is not None:
             await self.monitor.sample_async(now)
             if info is not None:
@@ -790,7 +828,8 @@ class Handset:
         if self.dialing is not None:
             return "connecting"
         if self.call is None:
-            return "idle"
+            # a relay that refuses this handset, or stays out of reach: not "ready"
+            return "error" if self.relay is not None and self.relay.fault(now) else "idle"
         state = self.call.runner.engine.state
         return {
             State.IDLE: "idle",
@@ -880,6 +919,12 @@ class Handset:
                 "heard_limit_s": PEER_SILENT_S,
             }
         cfg = self.config
+        # room members by the local contacts' names, not by the aliases they give themselves
+        contacts = (
+            {c.fingerprint: c.name for c in self.all_contacts().values()}
+            if self.relay is not None and self.relay.members
+            else {}
+        )
         return {
             "version": __version__,
             "uptime_s": round(now - self.started_at, 1),
@@ -910,7 +955,7 @@ class Handset:
             },
             "relay": (
                 {
-                    **self.relay.status(),
+                    **self.relay.status(contacts.get),
                     "floor_taken": self.floor_taken(),
                     # this handset would talk, and waits for the floor
                     "floor_waiting": self.floor_taken() and self.wants_to_talk(),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,22 @@ PING_S = 3.0
 #: come back for this long: the handset rejoins instead of waiting for QUIC's 30 s idle
 #: timeout
 DEAD_S = 10.0
+#: a link down this long is a fault (the status LED shows it): a relay restart costs
+#: about 2 s, or 11-13 s after a kill -9 (DEAD_S first), and stays below it
+DOWN_FAULT_S = 30.0
+#: the relay's refusals of a Join that trying again does not mend (only a change of its
+#: config, or of ours, does): a fault at once
+LASTING_REFUSALS = frozenset(
+    {"not-allowed", "no-such-room", "bad-room", "wrong-room", "bad-signature", "identity-mismatch"}
+)
+
+
+class JoinRefused(ConnectionError):
+    """The relay closed the connection instead of seating this handset in the room."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -125,7 +142,12 @@ class RelayLink:
         self._closed = asyncio.Event()
         self._stopping = False
         self._heard_at = 0.0
-        self._refusal: str | None = None  # the relay's refusal of this session's Join
+        self._refusal: tuple[str, str] | None = None  # the Error answering the Join: code, text
+        #: not joined since (monotonic time) ...
+        self.down_since = time.monotonic()
+        #: ... and the last attempt failed in a way retrying does not mend (refused, or
+        #: another relay than the pinned one)
+        self.lasting = False
 
     @property
     def joined(self) -> bool:
@@ -167,9 +189,14 @@ class RelayLink:
                 await self._session()
                 attempt = 0  # it was up: start the backoff again
             except (OSError, ConnectionError, TimeoutError, PeerFingerprintMismatch) as exc:
+                self.lasting = isinstance(exc, PeerFingerprintMismatch) or (
+                    isinstance(exc, JoinRefused) and exc.code in LASTING_REFUSALS
+                )
                 self._fault(f"relay {self.settings.host}:{self.settings.port}: {exc}")
             if self._stopping:
                 return
+            if self.joined:
+                self.down_since = time.monotonic()
             self.state = "reconnecting"
             self.slot = None
             self.floor = None  # the next join is told the floor afresh
@@ -199,11 +226,25 @@ class RelayLink:
                 alias=self.alias,
             )
         )
+        # a refused Join is answered by an Error and the connection's close: no waiting
+        # for the timeout then
+        waits = [asyncio.ensure_future(e.wait()) for e in (joined, closed)]
         try:
-            await asyncio.wait_for(joined.wait(), JOIN_TIMEOUT_S)
-        except TimeoutError:
+            await asyncio.wait(waits, timeout=JOIN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if not joined.is_set():
+            self.conn = None
+            if closed.is_set():
+                if self._refusal is not None:
+                    raise JoinRefused(*self._refusal)
+                why = conn.close_reason or "closed"
+                raise JoinRefused(why, f"the relay closed the connection before the join: {why}")
             conn.close(reason_phrase="no RoomUpdate")
-            raise TimeoutError(self._refusal or "the relay did not answer the Join") from None
+            raise TimeoutError(
+                self._refusal[1] if self._refusal else "the relay did not answer the Join"
+            )
         loop = asyncio.get_running_loop()
         self._heard_at = loop.time()
         while not closed.is_set():
@@ -259,9 +300,8 @@ class RelayLink:
             if self.joined:  # about one request; the membership is fine
                 self.last_error = text
                 log.warning("%s", text)
-            else:
-                self._refusal = text
-                self._fault(text)
+            else:  # the session ends on it: reported once, by _run
+                self._refusal = (msg.code, text)
             return
         if isinstance(msg, sig.Pong | sig.Ping):
             return
@@ -293,6 +333,7 @@ class RelayLink:
         if first:
             self.joins += 1
             self.error = None  # joined: what went wrong before is history (last_error)
+            self.lasting = False
             log.info(
                 "joined room %s on relay %s:%d as slot %d (members: %d)",
                 self.settings.room,
@@ -306,7 +347,16 @@ class RelayLink:
                 ch.on_slots(msg.you, self.slot_of(peer))
         self._changed()
 
-    def status(self) -> dict[str, Any]:
+    def fault(self, now: float) -> bool:
+        """The room cannot be used and waiting will not mend it soon: the relay refuses
+        this handset (not on the allow list, no such room), is not the pinned one, or has
+        been out of reach for DOWN_FAULT_S (``now``: monotonic time). A relay restart is
+        not one: the handset is back in the room before it counts."""
+        return not self.joined and (self.lasting or now - self.down_since >= DOWN_FAULT_S)
+
+    def status(self, contact_of: Callable[[bytes], str | None] | None = None) -> dict[str, Any]:
+        """``contact_of`` names a member's fingerprint from the local contacts: the alias
+        is what the member calls itself, unchecked."""
         return {
             "address": f"{self.settings.host}:{self.settings.port}",
             "fingerprint": fingerprint_text(self.settings.fingerprint),
@@ -314,7 +364,12 @@ class RelayLink:
             "state": self.state,
             "slot": self.slot,
             "members": [
-                {"fingerprint": fingerprint_text(fp), "slot": slot, "alias": alias}
+                {
+                    "fingerprint": fingerprint_text(fp),
+                    "slot": slot,
+                    "alias": alias,
+                    "contact": contact_of(fp) if contact_of is not None else None,
+                }
                 for fp, (slot, alias) in sorted(self.members.items(), key=lambda x: x[1][0])
             ],
             "floor": self.floor,

@@ -6,6 +6,7 @@ Nothing secret is in it to begin with; this only chooses words.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -13,6 +14,12 @@ OK, BAD, INFO = "✓", "✗", " "
 #: a call with nothing heard from the peer this long is shown ✗ (it ends at the status's
 #: ``heard_limit_s``)
 SILENT_WARN_S = 5.0
+#: a full-duplex handset joined to a push-to-talk room (also the daemon's warning)
+PTT_ROOM_FULL_DUPLEX = (
+    "this is a push-to-talk room but the handset is full-duplex: whenever its microphone "
+    'hears sound it holds the floor and nobody else can talk; set mode = "half-duplex" '
+    "(push-to-talk) under [call] in /etc/wzp/wzp.toml, or use a room with push_to_talk = false"
+)
 
 
 def _dur(seconds: float) -> str:
@@ -94,11 +101,17 @@ def format_status(st: dict[str, Any]) -> str:
     a_state = audio.get("state", "?")
     silent = bool(audio.get("capture_silent"))
     mark = OK if a_state == "ok" and not silent else BAD
-    text = (
-        f"capture {audio.get('capture_device')} ({_db(audio.get('capture_dbfs'))}), "
-        f"playback {audio.get('playback_device')} ({_db(audio.get('playback_dbfs'))}), "
-        f"volume {st.get('volume_db', 0):+.0f} dB"
-    )
+    if audio.get("backend"):  # one port for both ways (files): named once
+        text = (
+            f"{audio['backend']}: capture {_db(audio.get('capture_dbfs'))}, "
+            f"playback {_db(audio.get('playback_dbfs'))}, "
+        )
+    else:
+        text = (
+            f"capture {audio.get('capture_device')} ({_db(audio.get('capture_dbfs'))}), "
+            f"playback {audio.get('playback_device')} ({_db(audio.get('playback_dbfs'))}), "
+        )
+    text += f"volume {st.get('volume_db', 0):+.0f} dB"
     if silent:
         why = audio.get("capture_problem") or "the microphone captures nothing"
         text = f"{why}; " + text
@@ -140,14 +153,19 @@ def format_status(st: dict[str, Any]) -> str:
     )
     if relay:
         members = ", ".join(
-            f"{_member_name(m)} (slot {m.get('slot')})" for m in relay.get("members") or []
+            f"{'you' if m.get('slot') == relay.get('slot') else _member_name(m)} "
+            f"(slot {m.get('slot')})"
+            for m in relay.get("members") or []
         )
         floor = _floor_text(relay)
+        # the room's floor goes to whoever sends: a full-duplex handset never lets go
+        ptt_problem = bool(relay.get("push_to_talk")) and st.get("mode") == "full-duplex"
         out.append(
             _line(
-                OK if relay.get("state") == "joined" else BAD,
+                OK if relay.get("state") == "joined" and not ptt_problem else BAD,
                 "relay",
-                f"{relay.get('state')} room {relay.get('room')} at {relay.get('address')}"
+                (f"{PTT_ROOM_FULL_DUPLEX}; " if ptt_problem else "")
+                + f"{relay.get('state')} room {relay.get('room')} at {relay.get('address')}"
                 + (f", slot {relay['slot']}" if relay.get("slot") else "")
                 + (f"; members: {members}" if members else "")
                 + (f"; {floor}" if floor else "")
@@ -172,7 +190,16 @@ def format_status(st: dict[str, Any]) -> str:
 
 
 def _member_name(m: dict[str, Any]) -> str:
-    return str(m.get("alias") or (m.get("fingerprint") or "?")[:9])
+    """A member by its local contact name; else by the alias it gives itself, quoted and
+    marked unverified beside its fingerprint (anyone may call itself "Mom")."""
+    fp = (m.get("fingerprint") or "?")[:9]
+    if m.get("contact"):
+        return str(m["contact"])
+    alias = str(m.get("alias") or "")
+    if not alias:
+        return fp
+    # quoted: no control or bidi characters, no quote that would end it early
+    return f"{json.dumps(alias, ensure_ascii=not alias.isprintable())}? {fp}"
 
 
 def _floor_text(relay: dict[str, Any]) -> str:
