@@ -447,6 +447,37 @@ def test_underruns_count_only_while_audio_flows(devices: list[AudioDevice]) -> N
     assert wait_for(lambda: device.stats.playback_underruns >= 2)
 
 
+def test_the_end_of_a_call_is_not_an_underrun(devices: list[AudioDevice]) -> None:
+    """Between calls the handset drains the capture ring: the playback ring running dry
+    then is the call's end, not an underrun."""
+    card = FakeCard()
+    device = make(devices, card)
+    device.start()
+    assert wait_for(lambda: device.stats.periods_out >= 4)
+    device.write(np.full(8 * PERIOD, 500, np.int16))  # the call's last audio, at once
+    device.read()
+    device.drain()  # the call is over
+    out = device.stats.periods_out
+    assert wait_for(lambda: device.stats.periods_out >= out + 20)
+    assert device.stats.playback_underruns == 0
+    assert device.stats.capture_overruns == 0
+
+
+def test_the_null_device_captures_silence(devices: list[AudioDevice]) -> None:
+    """alsa-lib's null plugin returns the buffer as it found it (heap bytes, seen on this
+    machine, not on every run): none of that may reach the encoder, let alone the peer.
+    The fake card plays a null plugin that hands back a loud tone."""
+    card = FakeCard()
+    card.amplitude = 12000
+    device = make(devices, card, capture="null", playback="null")
+    device.start()
+    assert wait_for(lambda: device.stats.periods_in >= 10)
+    for _ in range(10):
+        assert not device.read().any()
+        time.sleep(0.02)
+    assert device.levels()["capture_dbfs"] <= -90
+
+
 def test_read_drops_stale_capture_backlog(devices: list[AudioDevice]) -> None:
     card = FakeCard()
     device = make(devices, card)

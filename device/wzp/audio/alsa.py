@@ -80,6 +80,7 @@ STALL_S = 0.5
 CAPTURE_KEEP_PERIODS = 2  # read() trims an older capture backlog down to this
 CAPTURE_MAX_BACKLOG_PERIODS = 4
 ACTIVE_S = 1.0  # a side that moved audio within this long counts as "in use"
+NULL_DEVICE = "null"  # ALSA's discard device: plays nothing, captures silence
 STALLS_BEFORE_ERROR = 3  # reopens in a row without audio before the state says so
 
 # states, worst first (the device reports the worst of its two streams)
@@ -463,9 +464,14 @@ class AudioDevice:
             self._play_dropped_writer += _periods(len(data) - written)
 
     def drain(self) -> None:
-        """Discard captured audio nobody wants (between calls; not counted as a loss)."""
+        """Discard captured audio nobody wants (between calls; not counted as a loss).
+
+        Between calls nothing is written either: the playback ring running dry after a
+        hang-up is the end of the call's audio, not an underrun (QA saw 49 of them counted
+        at every hang-up), and a full capture ring is not an overrun."""
         ring = self._cap_ring
         ring.skip(ring.available())
+        self._last_read_t = self._last_write_t = -math.inf
 
     @property
     def state(self) -> str:
@@ -673,6 +679,10 @@ class AudioDevice:
                 self._wait_device(pcm, PERIOD)
                 continue
             samples = np.frombuffer(data, dtype="<i2", count=min(frames, len(data) // 2))
+            if stream.device == NULL_DEVICE:
+                # alsa-lib's null plugin hands back whatever the buffer held (heap bytes
+                # were seen here): a "null" microphone captures silence, nothing else
+                samples = np.zeros(len(samples), dtype=np.int16)
             written = ring.write(samples)
             if written < len(samples) and self._clock() - self._last_read_t < ACTIVE_S:
                 self._cap_overruns += 1
