@@ -632,7 +632,7 @@ async def test_a_flood_of_initials_is_answered_statelessly_past_the_limit() -> N
                                  timeout=TIMEOUT)  # fmt: skip
         try:
             assert conn.is_connected
-            assert server.counters.retries == 33  # the real client was asked to retry too
+            assert server.counters.retries >= 33  # the real client was asked to retry too
             assert server.half_open == 8
         finally:
             await conn.aclose(timeout=0.5)

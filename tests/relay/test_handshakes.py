@@ -32,7 +32,7 @@ async def test_a_flood_of_handshake_starts_is_bounded_counted_and_members_still_
             for datagram in _initials(100):
                 flood.sendto(datagram, (HOST, relay.server.port))
             flood.sendto(b"\x00" * 30, (HOST, relay.server.port))
-            await until(lambda: relay.server.handshakes()["retries"] >= 36)
+            await until(lambda: relay.server.handshakes()["retries"] >= 36, timeout=20.0)
         hs = relay.server.status()["handshakes"]
         assert hs["in_progress"] == 64
         assert hs["retries"] == 36
@@ -47,5 +47,7 @@ async def test_a_flood_of_handshake_starts_is_bounded_counted_and_members_still_
             if m.samples
         }
         assert metrics["wzp_relay_handshakes_in_progress"] == 64
-        assert metrics["wzp_relay_retries"] == 37  # the member was asked to retry too
+        # the member was asked to retry too (once per attempt: a slow machine may start a
+        # second one after 3 s)
+        assert metrics["wzp_relay_retries"] >= 37
         assert metrics["wzp_relay_not_quic"] == 1
