@@ -29,7 +29,10 @@ Two wzp QUIC endpoints on loopback, one in-process lossy UDP proxy between them
   tries a point (each its own seeded link), judged by the handset's dial timeout. Once
   as one handshake, whose retransmission timeout doubles after every lost flight (the
   baseline), once as :func:`~wzp.net.quic.connect_wzp` makes it, with a fresh attempt
-  every :data:`~wzp.net.quic.ATTEMPT_EVERY_S`.
+  every :data:`~wzp.net.quic.ATTEMPT_EVERY_S`. The proxy sends replies to the newest
+  client address only, so here a new attempt cuts the older ones off (each attempt has
+  its own socket): the run measures starting over every 3 s, where a real path would
+  let the older attempts go on as well.
 
 Fixed settings, seeded links; measured values are written, never tuned.
 """
