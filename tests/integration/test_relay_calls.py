@@ -10,8 +10,10 @@ handsets rejoin by themselves and the audio comes back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -206,9 +208,12 @@ async def test_a_dead_path_to_the_relay_is_noticed_and_rejoined(
         await server.close()
 
 
-async def test_push_to_talk_room_floor(tmp_path: Path) -> None:
-    """In a push-to-talk room the first member to send holds the floor: the other's PTT
-    waits (nothing sent, said in status) until the floor is free, then takes it."""
+@contextlib.asynccontextmanager
+async def _ptt_room_call(
+    tmp_path: Path, a_amplitude: float
+) -> AsyncIterator[tuple[Box, Box, dict[str, FakeCard]]]:
+    """A push-to-talk room; A (full duplex, its microphone at ``a_amplitude``) calls B
+    (who answers at once and knows A as "alice") through it: yields once the call is on."""
     ids = {"A": Identity.generate(), "B": Identity.generate()}
     relay_id = Identity.generate()
     rooms = {ROOM: RoomPolicy(allow=None, push_to_talk=True)}
@@ -222,8 +227,8 @@ async def test_push_to_talk_room_floor(tmp_path: Path) -> None:
         "relay_room": ROOM,
     }
     cards = {n: FakeCard() for n in "AB"}
-    for card in cards.values():
-        card.amplitude = 8000.0
+    cards["A"].amplitude = a_amplitude
+    cards["B"].amplitude = 8000.0
     b = await _box(
         tmp_path, "b", ids["B"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=cards["B"].open),
         {"alice": Contact("alice", ids["A"].fingerprint, "", 0)}, auto_answer_s=0.0, **relay_kw,
@@ -240,6 +245,17 @@ async def test_push_to_talk_room_floor(tmp_path: Path) -> None:
         await until(lambda: ids["B"].fingerprint in a.h.relay.members, 5)  # type: ignore[union-attr]
         a.h.place_call()
         await until(lambda: a.h.state_name() == "active" and b.h.state_name() == "active", 15)
+        yield a, b, cards
+    finally:
+        await a.h.stop()
+        await b.h.stop()
+        await server.close()
+
+
+async def test_push_to_talk_room_floor(tmp_path: Path) -> None:
+    """In a push-to-talk room the first member to send holds the floor: the other's PTT
+    waits (nothing sent, said in status) until the floor is free, then takes it."""
+    async with _ptt_room_call(tmp_path, a_amplitude=8000.0) as (a, b, _cards):
         # A (full duplex, open microphone) talks first and holds the floor
         await until(lambda: b.h.relay.floor == a.h.relay.slot, 5, "A's floor")  # type: ignore[union-attr]
         b.h.set_ptt(True)
@@ -260,10 +276,6 @@ async def test_push_to_talk_room_floor(tmp_path: Path) -> None:
         await until(lambda: b.h.call.runner.talking, 2, "B talking")  # type: ignore[union-attr]
         # the relay tells each member separately; A's notice may land a moment after B's
         await until(a.h.floor_taken, 2, "A sees B's floor")
-    finally:
-        await a.h.stop()
-        await b.h.stop()
-        await server.close()
 
 
 @pytest.mark.parametrize("case", ["not-allowed", "no-such-room", "fingerprint"])
@@ -312,37 +324,7 @@ async def test_a_full_duplex_handset_in_a_push_to_talk_room_takes_the_floor_to_s
     """A full-duplex handset's microphone is always open: in a push-to-talk room it would
     hold the floor all call. It sends only while it hears speech, so the others can talk
     in its pauses; it warns once that its mode does not suit the room."""
-    ids = {"A": Identity.generate(), "B": Identity.generate()}
-    relay_id = Identity.generate()
-    rooms = {ROOM: RoomPolicy(allow=None, push_to_talk=True)}
-    server = RelayServer(
-        RelayConfig(listen=("127.0.0.1",), port=0, rooms=rooms), relay_id, control=False
-    )
-    await server.start()
-    relay_kw = {
-        "relay_address": ("127.0.0.1", server.port),
-        "relay_fingerprint": relay_id.fingerprint,
-        "relay_room": ROOM,
-    }
-    cards = {n: FakeCard() for n in "AB"}
-    cards["A"].amplitude = 0.0  # A says nothing at first
-    cards["B"].amplitude = 8000.0
-    b = await _box(
-        tmp_path, "b", ids["B"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=cards["B"].open),
-        {"alice": Contact("alice", ids["A"].fingerprint, "", 0)}, auto_answer_s=0.0, **relay_kw,
-    )  # fmt: skip
-    a = await _box(
-        tmp_path, "a", ids["A"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=cards["A"].open),
-        {"bob": Contact("bob", ids["B"].fingerprint, "", 0)}, "bob",
-        mode="full-duplex", **relay_kw,
-    )  # fmt: skip
-    try:
-        await until(
-            lambda: bool(a.h.relay and b.h.relay and a.h.relay.joined and b.h.relay.joined), 10
-        )
-        await until(lambda: ids["B"].fingerprint in a.h.relay.members, 5)  # type: ignore[union-attr]
-        a.h.place_call()
-        await until(lambda: a.h.state_name() == "active" and b.h.state_name() == "active", 15)
+    async with _ptt_room_call(tmp_path, a_amplitude=0.0) as (a, b, cards):
         await asyncio.sleep(1.5)
         # silent: A's open microphone does not take the floor
         assert a.h.relay.floor is None and not a.h.call.runner.talking  # type: ignore[union-attr]
@@ -355,7 +337,3 @@ async def test_a_full_duplex_handset_in_a_push_to_talk_room_takes_the_floor_to_s
         assert len(warned) == 1 and warned[0].levelno == logging.WARNING, warned
         line = next(ln for ln in format_status(a.h.status()).splitlines() if "relay" in ln)
         assert line.startswith(" ✗ relay") and 'mode = "half-duplex"' in line, line
-    finally:
-        await a.h.stop()
-        await b.h.stop()
-        await server.close()
