@@ -9,9 +9,11 @@ card (``tests.audio.test_alsa.FakeCard``: unplug and replug on demand) or is rec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,24 @@ async def pair(
         **(a_kw or {}),
     )  # fmt: skip
     return a, b
+
+
+@contextlib.asynccontextmanager
+async def _full_duplex_call(
+    tmp: Path, ids: dict[str, Identity], audio_a: Any
+) -> AsyncIterator[Box]:
+    """A (full duplex, microphone ``audio_a``) in a call with B, who answers at once."""
+    a, b = await pair(
+        tmp, ids, audio_a, DemoAudio(np.zeros(0, np.int16)),
+        a_kw={"mode": "full-duplex"}, b_kw={"auto_answer_s": 0.0},
+    )  # fmt: skip
+    try:
+        a.h.place_call()
+        await until(lambda: a.h.state_name() == "active", 15, "the call")
+        yield a
+    finally:
+        await a.h.stop()
+        await b.h.stop()
 
 
 async def until(cond: Any, timeout: float = 15.0, what: str = "") -> None:
@@ -409,13 +429,7 @@ async def test_a_microphone_that_captures_nothing_is_reported(
     card = FakeCard()
     card.amplitude = 0.0  # a dead microphone: digital silence
     audio_a = AudioDevice("hw:CARD=Device", "hw:CARD=Device", pcm_open=card.open)
-    a, b = await pair(
-        tmp_path, ids, audio_a, DemoAudio(np.zeros(0, np.int16)),
-        a_kw={"mode": "full-duplex"}, b_kw={"auto_answer_s": 0.0},
-    )  # fmt: skip
-    try:
-        a.h.place_call()
-        await until(lambda: a.h.state_name() == "active", 15, "the call")
+    async with _full_duplex_call(tmp_path, ids, audio_a) as a:
         await until(lambda: "microphone captures nothing" in (a.h.last_error or ""), 9, "report")
         assert a.h.status_led(a.h.now()) == "error"
         # at warning priority, where `journalctl -p warning` finds it
@@ -431,9 +445,6 @@ async def test_a_microphone_that_captures_nothing_is_reported(
         card.amplitude = 8000.0  # the microphone comes back: so does the ✓
         await until(lambda: not a.h.status()["audio"]["capture_silent"], 4, "the capture")
         assert a.h.state_name() == "active"  # reported, the call goes on
-    finally:
-        await a.h.stop()
-        await b.h.stop()
 
 
 async def test_a_file_backed_microphone_that_speaks_is_not_reported_silent(
@@ -447,21 +458,12 @@ async def test_a_file_backed_microphone_that_speaks_is_not_reported_silent(
     t = np.arange(48_000 * 12) / 48_000
     tone = (6000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
     mic = DemoAudio(tone)
-    a, b = await pair(
-        tmp_path, ids, mic, DemoAudio(np.zeros(0, np.int16)),
-        a_kw={"mode": "full-duplex"}, b_kw={"auto_answer_s": 0.0},
-    )  # fmt: skip
-    try:
-        a.h.place_call()
-        await until(lambda: a.h.state_name() == "active", 15, "the call")
+    async with _full_duplex_call(tmp_path, ids, mic) as a:
         mic.speak()
         await asyncio.sleep(MIC_SILENT_S + 1.5)
         assert -30 < mic.levels()["capture_dbfs"] < -10  # the tone, about -14.7 dBFS
         assert "microphone" not in (a.h.last_error or "")
         assert a.h.status_led(a.h.now()) != "error"
-    finally:
-        await a.h.stop()
-        await b.h.stop()
 
 
 async def test_a_hot_overloaded_pi_caps_the_call(tmp_path: Path, ids: dict[str, Identity]) -> None:
@@ -469,13 +471,7 @@ async def test_a_hot_overloaded_pi_caps_the_call(tmp_path: Path, ids: dict[str, 
     Opus complexity on its encoder, the costliest tiers forbidden, and status says why."""
     from wzp.daemon.resources import Limits, ResourceMonitor
 
-    a, b = await pair(
-        tmp_path, ids, DemoAudio(np.zeros(0, np.int16)), DemoAudio(np.zeros(0, np.int16)),
-        a_kw={"mode": "full-duplex"}, b_kw={"auto_answer_s": 0.0},
-    )  # fmt: skip
-    try:
-        a.h.place_call()
-        await until(lambda: a.h.state_name() == "active", 15, "the call")
+    async with _full_duplex_call(tmp_path, ids, DemoAudio(np.zeros(0, np.int16))) as a:
         assert a.h.call is not None and a.h.call.complexity == 8
         a.h.monitor = ResourceMonitor(
             70.0,
@@ -495,9 +491,6 @@ async def test_a_hot_overloaded_pi_caps_the_call(tmp_path: Path, ids: dict[str, 
         assert res["level"] == 2 and res["complexity"] == 2
         assert any("82.0" in r for r in res["reasons"])
         assert any(e["kind"] == "resources" for e in a.h.events)
-    finally:
-        await a.h.stop()
-        await b.h.stop()
 
 
 async def test_call_right_after_hangup_is_not_refused_as_busy(

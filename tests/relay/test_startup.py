@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon.test_startup import _ident_case
 from tests.relay.test_server import HOST, running_relay
 from wzp.relay.room import RoomPolicy
 from wzp.relay.server import run_relay
@@ -25,10 +25,10 @@ def short() -> Iterator[Path]:
         yield Path(d)
 
 
-def _config(folder: Path, port: int, extra: str = "") -> Path:
+def _config(folder: Path, port: int, extra: str = "", seed: Path | None = None) -> Path:
     cfg = folder / "relay.toml"
     cfg.write_text(
-        f'listen = ["{HOST}"]\nport = {port}\nidentity = "{folder}/id.seed"\n'
+        f'listen = ["{HOST}"]\nport = {port}\nidentity = "{seed or folder / "id.seed"}"\n'
         f'control_socket = "{folder}/c.sock"\n{extra}[rooms.porch]\nallow = "open"\n'
     )
     return cfg
@@ -89,22 +89,16 @@ async def test_a_second_relay_is_told_another_one_runs(
 
 @pytest.mark.parametrize(
     ("case", "expected"),
-    [("mode 0644", "chmod 600"), ("wrong size", "32 bytes, not 5"), ("in a file", "directory")],
+    [
+        ("mode 0644", "chmod 600"),
+        ("wrong size", "32 bytes, not 10"),
+        ("folder is a file", "Not a directory"),
+    ],
 )
 async def test_identity_problems_exit_78(
     short: Path, capsys: pytest.CaptureFixture[str], case: str, expected: str
 ) -> None:
-    seed = short / "id.seed"
-    if case == "mode 0644":
-        seed.write_bytes(os.urandom(32))
-        seed.chmod(0o644)
-    elif case == "wrong size":
-        seed.write_bytes(os.urandom(5))
-        seed.chmod(0o600)
-    cfg = _config(short, 4433)
-    if case == "in a file":
-        (short / "file").write_text("")
-        cfg.write_text(cfg.read_text().replace(f"{short}/id.seed", f"{short}/file/id.seed"))
+    cfg = _config(short, 4433, seed=_ident_case(short, case))
     assert await run_relay(cfg) == 78
     err = capsys.readouterr().err
     assert err.startswith("wzp relay: identity ") and expected in err, err
