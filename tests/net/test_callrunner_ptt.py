@@ -162,3 +162,27 @@ async def test_kbit_per_s_cover_the_last_two_seconds_however_often_status_is_ask
     assert first.rx_kbps == pytest.approx(100.0, rel=0.05)
     assert again.rx_kbps == pytest.approx(first.rx_kbps)
     assert first.tx_kbps == 0.0
+
+
+async def test_the_last_status_of_a_call_keeps_its_recovered_and_concealed_counts() -> None:
+    """Once the call's media is gone (hung up), its last status line used to read
+    recovered=0 concealed=0: the totals are what they came to."""
+    engine = FakeEngine()
+    engine.state = State.ACTIVE
+    engine.stats = SimpleNamespace(rekeys=0)
+    stats = SimpleNamespace(recovered=7, concealed=2)
+    engine.media = SimpleNamespace(  # type: ignore[assignment]
+        tier=SimpleNamespace(name="heavy"),
+        receiver=SimpleNamespace(
+            loss=lambda now: 0.25,
+            jitter_ms=lambda: 3.0,
+            streams={0: SimpleNamespace(playout=SimpleNamespace(stats=stats))},
+        ),
+    )
+    runner = CallRunner(engine, SimpleNamespace(rtt=None), NumberedMic(), Sink())  # type: ignore[arg-type]
+    during = runner.status(1.0)
+    assert (during.recovered, during.concealed, during.tier) == (7, 2, "heavy")
+    engine.media = None  # the call ended
+    engine.state = State.CLOSED
+    after = runner.status(2.0)
+    assert (after.recovered, after.concealed) == (7, 2)

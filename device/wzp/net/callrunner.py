@@ -124,6 +124,7 @@ class CallRunner:
         self._rx_bytes = 0
         #: (time, bytes sent, bytes received), a sample every 0.5 s of the last few seconds
         self._rate_samples: deque[tuple[float, int, int]] = deque([(0.0, 0, 0)], maxlen=16)
+        self._media_totals = (0, 0)  # (recovered, concealed) as last seen while media ran
         conn.on_datagram = self._on_datagram
         conn.on_message = self._on_message
         conn.on_close = self._on_close
@@ -307,16 +308,18 @@ class CallRunner:
         tx = (self._tx_bytes - tx_prev) * 8 / dt / 1000
         rx = (self._rx_bytes - rx_prev) * 8 / dt / 1000
         loss = jitter = None
-        recovered = concealed = 0
+        # the call's totals so far; once its media is gone, what they came to
+        recovered, concealed = self._media_totals
         tier = "-"
         if eng.media is not None:
             tier = eng.media.tier.name
             loss_f = eng.media.receiver.loss(now)
             loss = None if loss_f is None else loss_f * 100
             jitter = eng.media.receiver.jitter_ms()
-            for rx_stream in eng.media.receiver.streams.values():
-                recovered += rx_stream.playout.stats.recovered
-                concealed += rx_stream.playout.stats.concealed
+            streams = eng.media.receiver.streams.values()
+            recovered = sum(rx_stream.playout.stats.recovered for rx_stream in streams)
+            concealed = sum(rx_stream.playout.stats.concealed for rx_stream in streams)
+            self._media_totals = (recovered, concealed)
         rtt = self.conn.rtt
         return LinkStatus(
             t=now,
