@@ -21,6 +21,27 @@ def test_mock_factory() -> None:
     assert description == "mock pins (no hardware)"
 
 
+def test_a_mock_pin_remembers_a_bounded_history() -> None:
+    """A daemon on mock pins blinks LEDs for as long as it runs: gpiozero's mock pin kept
+    every change (a soak test saw ~16 KB a minute); ours keep the last MOCK_PIN_HISTORY."""
+    from gpiozero import PWMLED
+
+    from wzp.board.factory import MOCK_PIN_HISTORY
+
+    factory, _ = make_factory("mock", None)
+    led = PWMLED(17, pin_factory=factory)
+    try:
+        for _ in range(MOCK_PIN_HISTORY + 500):
+            led.toggle()
+        states = factory.pin(17).states
+        assert len(states) == MOCK_PIN_HISTORY
+        assert bool(states[-1].state) == led.is_lit  # the newest kept, the oldest gone
+        led.value = 0.5  # still a PWM pin: an RGB LED mixes colours
+        assert factory.pin(17).states[-1].state == 0.5
+    finally:
+        led.close()
+
+
 def test_unknown_kind_lists_the_known_ones() -> None:
     with pytest.raises(GpioError, match="lgpio, rpigpio, mock"):
         make_factory("pigpio", None)

@@ -19,11 +19,26 @@ log = logging.getLogger(__name__)
 FACTORY_KINDS: tuple[str, ...] = ("lgpio", "rpigpio", "mock")
 
 
+#: state changes a mock pin remembers (gpiozero's keep every one, for tests' asserts)
+MOCK_PIN_HISTORY = 1000
+
+
 def _mock_factory() -> tuple[Any, str]:
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
+    class BoundedMockPWMPin(MockPWMPin):  # type: ignore[misc]
+        """A mock pin that forgets all but its last MOCK_PIN_HISTORY state changes: a
+        daemon on mock pins (the laptop demo) grew by every LED blink (~16 KB a minute
+        in a soak test)."""
+
+        def _change_state(self, value: Any) -> bool:
+            changed = bool(super()._change_state(value))
+            if len(self.states) > MOCK_PIN_HISTORY:
+                del self.states[:-MOCK_PIN_HISTORY]
+            return changed
+
     # PWM-capable mock pins, so an RGB link LED can show mixed colours as on hardware
-    return MockFactory(pin_class=MockPWMPin), "mock pins (no hardware)"
+    return MockFactory(pin_class=BoundedMockPWMPin), "mock pins (no hardware)"
 
 
 def _lgpio_factory(
