@@ -162,6 +162,46 @@ def _media_flows_both_ways(p: Pair, speech: np.ndarray) -> None:
         assert not (drops.keys() & {DropReason.BAD_TAG, DropReason.UNKNOWN_EPOCH}), drops
 
 
+def _sent(p: Pair, key: str, kind: type) -> list:
+    return [m for m in p.sent[key] if isinstance(m, kind)]
+
+
+def test_call_set_up_outlasts_lost_offers_ringings_and_answers(speech48: np.ndarray) -> None:
+    """On a 65 % link QUIC's backed-off retransmissions left an offer or an answer
+    undelivered past the 10 s set-up limit in most calls. Here every copy of the offer is
+    lost for 2 s, then every Ringing for 2 s more, then every answer for 3 s: the caller
+    repeats its offer until it hears back, the callee answers each copy of it as it
+    answered the first, and repeats its answer until the caller's media arrives. One
+    call rings once; no copy is taken for a replay or refused."""
+    p = Pair()
+    t0 = p.now
+    p.lose = lambda key, m: (
+        (key == "ab" and isinstance(m, sig.CallOffer) and p.now < t0 + 2)
+        or (key == "ba" and isinstance(m, sig.Ringing) and p.now < t0 + 4)
+    )
+    p.a.dial(p.b_id.fingerprint, p.now)
+    p.a.on_connected(p.now, p.b_id.fingerprint)
+    p.run_until(lambda: p.a.state is State.ALERTING, 6.0)
+    offers = _sent(p, "ab", sig.CallOffer)
+    assert len(offers) >= 8 and len({(m.ephemeral_pub, m.signature) for m in offers}) == 1
+    assert len(_sent(p, "ba", sig.Ringing)) >= 4  # a Ringing for each copy that got through
+    assert [e.detail for e in p.b.take_events() if e.detail.startswith("ringing")] == ["ringing: a"]
+    t1 = p.now
+    p.lose = lambda key, m: key == "ba" and isinstance(m, sig.CallAnswer) and p.now < t1 + 3
+    p.b.answer(p.now)
+    p.run_until(lambda: p.a.state is State.ACTIVE, 6.0)
+    answers = _sent(p, "ba", sig.CallAnswer)
+    assert len(answers) >= 6 and len({m.ephemeral_pub for m in answers}) == 1
+    assert not p.a.stats.refused and not p.b.stats.refused
+    assert p.a.stats.stale == p.b.stats.stale == 0
+    p.run(1.0, {"a": speech48, "b": speech48})
+    answers = _sent(p, "ba", sig.CallAnswer)  # the caller's media has arrived by now
+    _media_flows_both_ways(p, speech48)  # both sides hold the keys of the one answer
+    # so the callee no longer repeats its answer, nor the caller its offer
+    assert len(_sent(p, "ba", sig.CallAnswer)) == len(answers)
+    assert len(_sent(p, "ab", sig.CallOffer)) == len(offers)
+
+
 def test_rekey_is_sent_again_until_answered(speech48: np.ndarray) -> None:
     """The callee's answers are lost for 3 s: the caller repeats its Rekey (the same key,
     spaced), the callee repeats its one answer, and both end on the same new keys."""
@@ -375,7 +415,8 @@ def test_call_survives_heavy_loss(speech48: np.ndarray) -> None:
     p.run(6.0, talk)
     after = _fates(p.b)
     stats = {k: after[k] - before[k] for k in after}
-    assert p.a.state is State.ACTIVE and p.b.state is State.ACTIVE
+    alive = (State.ACTIVE, State.REKEYING)  # a rekey may be under way at this instant
+    assert p.a.state in alive and p.b.state in alive
     played = stats["decoded"] + stats["recovered"]
     lost = stats["concealed"] + stats["inband_fec"]
     assert stats["recovered"] >= 10, stats  # RaptorQ at work: ~30 % of 100 frames were lost

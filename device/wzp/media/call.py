@@ -66,6 +66,15 @@ MAX_HELD = 256
 REKEY_RESEND_S = 0.5
 #: peer rekey keys remembered, so a late copy of a Rekey already used is known as one
 REKEY_SEEN = 16
+#: Call set-up, the same way: the caller sends its CallOffer again this often (each copy
+#: on a stream of its own) until the callee's Ringing or CallAnswer comes; the callee
+#: answers every copy of the offer it is handling with its reply so far (Ringing, or its
+#: CallAnswer), and sends its CallAnswer again by itself until the caller's first
+#: authenticated datagram shows the answer arrived. QUIC alone retransmits a lost stream
+#: on its backed-off probe timer: at 65 % loss each way a connected call got only three
+#: or four tries at the offer and answer within the 10 s set-up limit, and 22 of 36 calls
+#: between two daemons timed out in "handshaking" (QA, this session)
+SETUP_RESEND_S = 0.5
 #: a call in which nothing authenticated (media, keep-alive or message) has come from the
 #: peer for this long ends with Timeout. A direct call's QUIC connection gives up after
 #: the same 30 s of silence; through a relay only this ends the call of a peer that died
@@ -137,6 +146,11 @@ class CallEngine:
         #: the caller's Rekey under way (sent again until answered) and when it goes next
         self._rekey_msg: sig.Rekey | None = None
         self._rekey_next = 0.0
+        #: the caller's CallOffer and the callee's CallAnswer, sent again until the
+        #: other side shows it has them (SETUP_RESEND_S)
+        self._offer_sent: sig.CallOffer | None = None
+        self._answer_sent: sig.CallAnswer | None = None
+        self._setup_next = 0.0
         #: the callee's answer to the newest Rekey (pub it answered, the answer), sent
         #: again when a copy of that Rekey comes in
         self._rekey_answer: tuple[bytes, sig.Rekey] | None = None
@@ -232,15 +246,15 @@ class CallEngine:
         eph = Ephemeral.generate()
         caller_fp = fingerprint(offer.identity_pub)
         chosen = _choose_profile(offer.supported_profiles)
-        self._send(
-            sig.CallAnswer(
-                identity_pub=self.identity.ed25519_pub,
-                ephemeral_pub=eph.public,
-                signature=sign_answer(self.identity, eph, caller_fp),
-                chosen_profile=chosen,
-                call_id=_hex(self.session.call_id or b""),
-            )
+        answer = sig.CallAnswer(
+            identity_pub=self.identity.ed25519_pub,
+            ephemeral_pub=eph.public,
+            signature=sign_answer(self.identity, eph, caller_fp),
+            chosen_profile=chosen,
+            call_id=_hex(self.session.call_id or b""),
         )
+        self._send(answer)
+        self._answer_sent, self._setup_next = answer, now + SETUP_RESEND_S
         keys = initial_keys(eph, offer.ephemeral_pub, Role.CALLEE)
         self.session.answer(now)
         self._start_media(keys, Role.CALLEE, chosen, now)
@@ -262,6 +276,7 @@ class CallEngine:
         self._held.clear()
         self._rekey_eph = self._rekey_msg = self._rekey_answer = None
         self._rekey_seen.clear()
+        self._offer_sent = self._answer_sent = None
 
     def reset(self, now: float) -> None:
         """After a closed call, back to idle for the next one."""
@@ -287,16 +302,16 @@ class CallEngine:
             return
         self._eph = Ephemeral.generate()
         callee = self._expected_peer or b""
-        self._send(
-            sig.CallOffer(
-                identity_pub=self.identity.ed25519_pub,
-                ephemeral_pub=self._eph.public,
-                signature=sign_offer(self.identity, self._eph, callee),
-                supported_profiles=PHASE1_PROFILES,
-                call_id=_hex(self.session.call_id),
-                alias=self.alias,
-            )
+        offer = sig.CallOffer(
+            identity_pub=self.identity.ed25519_pub,
+            ephemeral_pub=self._eph.public,
+            signature=sign_offer(self.identity, self._eph, callee),
+            supported_profiles=PHASE1_PROFILES,
+            call_id=_hex(self.session.call_id),
+            alias=self.alias,
         )
+        self._send(offer)
+        self._offer_sent, self._setup_next = offer, now + SETUP_RESEND_S
         self.session.connected(self.session.call_id, now)
         self._event(now, "state", "offer sent")
 
@@ -342,6 +357,15 @@ class CallEngine:
         call_id = self._call_id_of(msg)
         if call_id is None:
             raise HandshakeError("offer without call_id")
+        first = self._offer
+        if (
+            first is not None
+            and call_id == self.session.call_id
+            and (msg.identity_pub, msg.ephemeral_pub, msg.signature)
+            == (first.identity_pub, first.ephemeral_pub, first.signature)
+        ):
+            self._reply_to_copy(call_id)  # a copy of the offer in hand (set-up resends)
+            return
         if self.session.live and call_id != self.session.call_id:
             self.stats.refused["busy"] += 1
             self._send(sig.Hangup(reason="Busy", call_id=_hex(call_id)), to=caller_fp)
@@ -386,8 +410,20 @@ class CallEngine:
         self._send(sig.Ringing(call_id=_hex(call_id)))
         self._event(now, "state", f"ringing: {msg.alias or caller_fp.hex()}")
 
+    def _reply_to_copy(self, call_id: bytes) -> None:
+        """Answer a copy of the offer being handled as the first one was answered: the
+        caller resends until it hears back, and what it heard may have been lost."""
+        state = self.session.state
+        if state is State.RINGING:
+            self._send(sig.Ringing(call_id=_hex(call_id)))
+        elif self._answer_sent is not None and state in (State.ACTIVE, State.REKEYING):
+            self._send(self._answer_sent)
+        # else: the call is over; a late copy gets nothing
+
     def _on_ringing(self, msg: sig.Ringing, now: float) -> None:
         cid = self._call_id_of(msg)
+        if cid == self.session.call_id and self.session.state in _PAST_RINGING:
+            return  # a copy: the callee repeats its reply to every copy of the offer
         self.session.remote_ringing(cid or b"", now)
         self._event(now, "state", "peer is ringing")
 
@@ -395,6 +431,8 @@ class CallEngine:
         cid = self._call_id_of(msg) or b""
         if cid != self.session.call_id:
             raise StaleEvent(f"CallAnswer for call {cid.hex()}")
+        if self.session.state in (State.ACTIVE, State.REKEYING, State.CLOSED):
+            return  # a copy of the answer the call runs on (the callee resends it)
         if self._eph is None:
             raise SessionError("CallAnswer before an offer was sent")
         if self._expected_peer and fingerprint(msg.identity_pub) != self._expected_peer:
@@ -566,6 +604,24 @@ class CallEngine:
         last = self.media.receiver.last_heard
         return self._msg_heard_at if last is None else max(last, self._msg_heard_at)
 
+    def _resend_setup(self, now: float) -> None:
+        """Another copy of the CallOffer (caller, until the callee replies) or of the
+        CallAnswer (callee, until the caller's first media arrives) every SETUP_RESEND_S."""
+        if now < self._setup_next:
+            return
+        state = self.session.state
+        if self._offer_sent is not None and state is State.HANDSHAKING:
+            self._send(self._offer_sent)
+        elif (
+            self._answer_sent is not None
+            and state is State.ACTIVE
+            and (self.media is None or self.media.receiver.last_heard is None)
+        ):
+            self._send(self._answer_sent)
+        else:
+            return
+        self._setup_next = now + SETUP_RESEND_S
+
     def playout(self, now: float) -> np.ndarray:
         if self.media is None:
             return np.zeros(960, dtype=np.int16)
@@ -580,6 +636,7 @@ class CallEngine:
                 self._send(sig.Hangup(reason="Timeout", call_id=_hex(cid)))
             self.media = None
             self._event(now, "state", f"Timeout: {t.detail}")
+        self._resend_setup(now)
         if self.media is None:
             return
         heard = self.heard_at()
@@ -608,6 +665,10 @@ class CallEngine:
                 due = due or now - self._epoch_started >= self.rekey_after_s
             if due:
                 self.start_rekey(now)
+
+
+#: a caller's states after the callee's Ringing (a later copy of it changes nothing)
+_PAST_RINGING = frozenset({State.ALERTING, State.ACTIVE, State.REKEYING, State.CLOSED})
 
 
 def _from_of(msg: object) -> bytes | None:
