@@ -274,6 +274,19 @@ def test_media_on_the_wire_is_encrypted(speech48: np.ndarray) -> None:
     assert all(frame[:8] not in d for d in p.wire)
 
 
+def test_the_end_detail_says_who_gave_the_reason() -> None:
+    p = Pair()
+    p.call()
+    p.inject("a", sig.Hangup(reason="Timeout", call_id=p.a.call_id.hex()))  # type: ignore[union-attr]
+    assert p.a.session.end_reason is EndReason.TIMEOUT
+    assert p.a.session.end_detail == "from the peer"
+    q = Pair()
+    q.call()
+    q.b.hangup(q.now)
+    q.run(1.0)
+    assert q.a.session.end_detail == "peer hung up"
+
+
 def test_stale_hangup_never_ends_the_next_call() -> None:
     p = Pair()
     p.call()

@@ -453,7 +453,8 @@ class CallEngine:
         if cid is None or cid != self.session.call_id:
             raise StaleEvent(f"Hangup for call {cid.hex() if cid else 'none'}")
         reason = EndReason(msg.reason.value)
-        self._close(reason, now, "peer hung up" if reason is EndReason.NORMAL else "peer")
+        # the reason comes from the peer ("ended: Busy from the peer", not "Busy peer")
+        self._close(reason, now, "peer hung up" if reason is EndReason.NORMAL else "from the peer")
 
     def _on_ping(self, msg: sig.Ping, now: float) -> None:
         self._send(sig.Pong(timestamp_ms=msg.timestamp_ms))
