@@ -89,3 +89,13 @@ def card_debs(out: Path, python: str = HOST_PY) -> list[Path]:
             {"usr/include/alsa/asoundlib.h": b"/* asoundlib.h stand-in */\n"},
         ),
     ]
+
+
+def run_script(
+    cmd: list[str], env: Mapping[str, str], timeout: float
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run a shell rehearsal that must succeed; (its result, stdout + stderr)."""
+    result = subprocess.run(cmd, capture_output=True, text=True, env=dict(env), timeout=timeout)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    return result, out

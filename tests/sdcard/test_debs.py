@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.sdcard.cards import SPECS, boot_files, build_image, extract_boot, folder_files
-from tests.sdcard.debs import build_deb, card_debs, multiarch
+from tests.sdcard.debs import build_deb, card_debs, multiarch, run_script
 from wzp.sdcard import SdcardError, payload
 from wzp.sdcard.payload import apt_sources, deb_packages, debs_commands, fetch_debs
 from wzp.sdcard.prepare import Options, prepare, undo
@@ -346,15 +346,9 @@ def test_pyalsaaudios_build_compiles_and_links_with_the_unpacked_headers_alone(
     }
     env["INSTALL_SH"] = str(INSTALL)
     hidden = " ".join(str(p) for p in real.values())
-    result = subprocess.run(
-        [*prefix, "bash", str(script), hidden, str(work), str(debs), sys.executable],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    result, out = run_script(
+        [*prefix, "bash", str(script), hidden, str(work), str(debs), sys.executable], env, 120
     )
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out
     assert "hidden: ok" in out and "still missing: []" in out
     assert "build headers: unpacked libasound2-dev, " in out
     headers = next(

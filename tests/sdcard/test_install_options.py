@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sdcard.debs import HOST_PY, card_debs, multiarch
+from tests.sdcard.debs import HOST_PY, card_debs, multiarch, run_script
 
 INSTALL = Path(__file__).resolve().parents[2] / "install.sh"
 VENV = "/opt/wzp/venv"
@@ -153,15 +153,11 @@ def test_a_live_install_without_network_falls_back_to_debs(fail: str, tmp_path: 
     if not libasound.exists():
         pytest.skip(f"{libasound} is not on this host (package libasound2)")
     env = {**os.environ, "PYTHON": sys.executable}
-    result = subprocess.run(
+    result, out = run_script(
         ["bash", "-c", LIVE_NO_NETWORK, "live", str(INSTALL), str(tmp_path / "debs"), fail],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
+        env,
+        60,
     )
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out
     lines = result.stdout.splitlines()
     assert lines[0] == "RUN: apt-get -o APT::Update::Error-Mode=any update -qq"
     assert f"RUN: dpkg -i {tmp_path}/debs/libopus0_1.5.2-2_arm64.deb" in lines

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .. import __version__
+from ..audio.alsa import dbfs
 from ..audio.cards import AUTO, list_cards, resolve_device
 from ..board.board import Board
 from ..board.buttons import ButtonEvent
@@ -125,10 +126,9 @@ class _CallAudio:
     def read(self) -> np.ndarray:
         self.read_at = time.monotonic()
         pcm = self.h.audio.read()
-        if len(pcm) and self.h.voice_gated():
-            ms = float(np.mean(pcm.astype(np.float64) ** 2))
-            if 10 * math.log10(max(ms, 1e-3) / 32768**2) > VOICE_DBFS:
-                self.h.voice_at = self.read_at
+        gated = len(pcm) and self.h.voice_gated()  # the level only where it decides
+        if gated and dbfs(float(np.mean(np.square(pcm, dtype=np.float64)))) > VOICE_DBFS:
+            self.h.voice_at = self.read_at
         return pcm
 
     def write(self, pcm: np.ndarray) -> None:
@@ -628,7 +628,7 @@ class Handset:
         push-to-talk room: one that hears speech, else it would hold the floor all call)."""
         if self.config.mode == "full-duplex":
             if self.voice_gated():
-                return not self.muted and time.monotonic() - self.voice_at < VOICE_HANGOVER_S
+                return not self.muted and self.now() - self.voice_at < VOICE_HANGOVER_S
             return not self.muted
         return self.ptt_down or self.now() - self.ptt_released_at < PTT_HANGOVER_S
 
