@@ -56,6 +56,9 @@ class Tier:
     down_loss: float
     #: Opus in-band FEC (LBRR) on; the loss hint then follows the measured loss
     inband_fec: bool = True
+    #: fits half of a 100 kbit/s link with every header counted, so a full-duplex call
+    #: goes through (the loss rules alone keep to these tiers at up to 20 % loss)
+    full_duplex: bool = False
 
     @property
     def codec(self) -> CodecId:
@@ -77,12 +80,26 @@ def _p(codec: CodecId, ratio: float, frame_ms: int, k: int) -> Profile:
 #: The default ladder, least to most protective. Ratios are R/K with R the repair
 #: count per block: ceil(K * ratio) in f32 must give that R (checked in the tests).
 LADDER: tuple[Tier, ...] = (
-    Tier("clear", _p(CodecId.Opus16k, 0.33, 60, 3), 16_000, up_loss=0.02, down_loss=0.0),
-    Tier("light", _p(CodecId.Opus16k, 1.5, 120, 2), 12_000, up_loss=0.20, down_loss=0.008),
+    Tier(
+        "clear",
+        _p(CodecId.Opus16k, 0.33, 60, 3),
+        16_000,
+        up_loss=0.02,
+        down_loss=0.0,
+        full_duplex=True,
+    ),
+    Tier(
+        "light",
+        _p(CodecId.Opus16k, 1.5, 120, 2),
+        12_000,
+        up_loss=0.20,
+        down_loss=0.008,
+        full_duplex=True,
+    ),
     Tier("heavy", _p(CodecId.Opus16k, 3.0, 120, 2), 12_000, up_loss=0.35, down_loss=0.12),
     Tier("dense", _p(CodecId.Opus16k, 4.0, 120, 2), 12_000, up_loss=0.48, down_loss=0.26),
-    Tier("severe", _p(CodecId.Opus16k, 4.5, 120, 2), 11_000, up_loss=0.58, down_loss=0.38),
-    Tier("extreme", _p(CodecId.Codec2_3200, 6.75, 100, 4), None, up_loss=1.01, down_loss=0.50),
+    Tier("severe", _p(CodecId.Opus16k, 4.5, 120, 2), 11_000, up_loss=0.80, down_loss=0.38),
+    Tier("extreme", _p(CodecId.Codec2_3200, 6.75, 100, 4), None, up_loss=1.01, down_loss=0.70),
 )
 
 #: wzp phase 1's profiles as tiers, for interoperability and the baselines.

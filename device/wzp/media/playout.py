@@ -33,6 +33,10 @@ import numpy as np
 SAMPLE_RATE = 48_000
 
 
+#: seconds of frame fates kept for :meth:`Playout.residual` (its longest window)
+FATES_KEEP_S = 10.0
+
+
 class FrameDecoder(Protocol):
     """What the playout needs from the codec layer (48 kHz mono int16 out)."""
 
@@ -415,13 +419,12 @@ class Playout:
     def residual(self, now: float, window_s: float = 3.0) -> tuple[float, int, int]:
         """Loss after FEC over the last ``window_s``: (fraction of frames concealed,
         frames due, loss events), a loss event being a run of consecutive concealed frames."""
-        while self._fates and self._fates[0][0] < now - window_s:
+        while self._fates and self._fates[0][0] < now - max(window_s, FATES_KEEP_S):
             self._fates.popleft()
-        due = len(self._fates)
-        lost = sum(x for _, x in self._fates)
-        events = sum(
-            1 for i, (_, x) in enumerate(self._fates) if x and (i == 0 or not self._fates[i - 1][1])
-        )
+        fates = [x for t, x in self._fates if t >= now - window_s]
+        due = len(fates)
+        lost = sum(fates)
+        events = sum(1 for i, x in enumerate(fates) if x and (i == 0 or not fates[i - 1]))
         return (lost / due if due else 0.0), due, events
 
     def _emit(self, pcm: np.ndarray, ts: int, dur_ms: int, at: float, fate: FrameFate) -> None:
@@ -432,6 +435,8 @@ class Playout:
 
     def _count(self, fate: FrameFate, ts: int, dur_ms: int, at: float) -> None:
         self._fates.append((at, fate in (FrameFate.CONCEALED, FrameFate.FEC)))
+        while self._fates[0][0] < at - FATES_KEEP_S:
+            self._fates.popleft()
         if fate is FrameFate.DECODED:
             self.stats.decoded += 1
         elif fate is FrameFate.RECOVERED:

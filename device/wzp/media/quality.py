@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from math import comb
+from itertools import pairwise
+from math import comb, sqrt
 
 from ..proto.header import QualityReport
 from .ladder import LADDER, Tier
@@ -91,6 +92,89 @@ class LossWindow:
             return None
         loss = max(0.0, 1.0 - len(seqs) / expected)
         return loss if raw else loss * min(1.0, expected / self.full_sample)
+
+    def pattern(self, now: float) -> LossPattern | None:
+        """The shape of the loss in the window: packets expected, lost, and in how many
+        runs (a run is a stretch of consecutive lost seqs between two received ones).
+        None before two packets."""
+        self._trim(now)
+        seqs = sorted({s for _, s in self._events})
+        if len(seqs) < 2:
+            return None
+        expected = seqs[-1] - seqs[0] + 1
+        runs = sum(1 for a, b in pairwise(seqs) if b - a > 1)
+        return LossPattern(expected, expected - len(seqs), runs)
+
+
+@dataclass(frozen=True, slots=True)
+class LossPattern:
+    """Loss measured as a two-state Markov chain (the simple Gilbert model): its mean
+    loss and its mean run of consecutive losses say how a block of consecutive packets
+    fares, which the mean alone cannot. Independent loss is the special case whose mean
+    run is ``1 / (1 - loss)``.
+    """
+
+    expected: int
+    lost: int
+    runs: int
+
+    @property
+    def loss(self) -> float:
+        return self.lost / self.expected if self.expected else 0.0
+
+    @property
+    def mean_burst(self) -> float:
+        """Mean length of a loss run (1.0 with no runs yet)."""
+        return self.lost / self.runs if self.runs else 1.0
+
+    def chain(self) -> tuple[float, float]:
+        """``(P(good -> bad), P(bad -> good))`` fitted to the window."""
+        p = self.loss
+        if p <= 0.0:
+            return 0.0, 1.0
+        if p >= 1.0:
+            return 1.0, 0.0
+        r = 1.0 / max(1.0, self.mean_burst)
+        return min(1.0, p * r / (1.0 - p)), r
+
+    def loss_sd(self) -> float:
+        """Standard error of :attr:`loss` under the fitted chain: correlated losses make
+        a window's mean far noisier than the binomial ``sqrt(p (1 - p) / n)``."""
+        p = self.loss
+        if self.expected == 0 or not 0.0 < p < 1.0:
+            return 0.0
+        q, r = self.chain()
+        rho = min(0.99, max(-0.99, 1.0 - q - r))  # lag-1 correlation of the chain
+        return sqrt(p * (1.0 - p) / self.expected * (1.0 + rho) / (1.0 - rho))
+
+    def block_failure(self, n: int, k: int) -> float:
+        """Probability that fewer than ``k`` of ``n`` consecutive packets arrive (a
+        RaptorQ block of K sources and n - K repairs left undecodable), under the fitted
+        chain started in its stationary state. Exact, by dynamic programming."""
+        if k <= 0:
+            return 0.0
+        if n < k:
+            return 1.0
+        p = self.loss
+        q, r = self.chain()
+        # dist[bad][got]: probability of the chain's state and packets received so far
+        # (got capped at k); the first packet's state is the stationary one
+        good = [0.0] * (k + 1)
+        bad = [0.0] * (k + 1)
+        good[1] = 1.0 - p
+        bad[0] = p
+        for _ in range(n - 1):
+            ng = [0.0] * (k + 1)
+            nb = [0.0] * (k + 1)
+            for got in range(k + 1):
+                g, b = good[got], bad[got]
+                if not (g or b):
+                    continue
+                up = min(k, got + 1)
+                ng[up] += g * (1.0 - q) + b * r  # next packet arrives
+                nb[got] += g * q + b * (1.0 - r)  # next packet is lost
+            good, bad = ng, nb
+        return max(0.0, min(1.0, sum(good[:k]) + sum(bad[:k])))
 
 
 class JitterMeter:

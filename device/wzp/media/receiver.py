@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import ceil, log
 
 import numpy as np
 
@@ -23,9 +24,19 @@ from .quality import LossWindow, Unwrapper
 
 #: open FEC blocks kept per stream (older ones are past their playout time)
 MAX_OPEN_BLOCKS = 12
-#: blocks over which the sender's repair count is taken (the most seen in one of them):
-#: the last repairs of all four are lost together at 40 % loss once in 40 times
+#: seconds of seqs over which the loss pattern (mean loss, mean run) is fitted: long
+#: enough to hold a dozen loss runs at 10 % loss, short enough to follow a changing link
+PATTERN_WINDOW_S = 10.0
+#: blocks over which the sender's repair count is taken (the most seen in one of them).
+#: A block shows its true count only when its last repair arrives, so the window grows
+#: with the loss until the last repairs of all its blocks are lost together less than
+#: once in SHAPE_MISS blocks: 4 blocks at 30 % loss, 6 at 45 %, 19 at 78 % (with a
+#: fixed 4, the shape read lower one block in three at 78 % loss, and every misreading
+#: restarted the judging of the tier). A sender that really lowers its count is seen
+#: that many blocks later.
 SHAPE_BLOCKS = 4
+SHAPE_BLOCKS_MAX = 32
+SHAPE_MISS = 0.01
 
 
 @dataclass
@@ -50,6 +61,7 @@ class StreamReceiver:
     def __post_init__(self) -> None:
         self.playout = Playout(self.decoder, self.playout_config, self.log)
         self.loss = LossWindow()
+        self.pattern = LossWindow(window_s=PATTERN_WINDOW_S)
         self._ts = Unwrapper(32)  # media time, u32 ms
         self._blocks: OrderedDict[int, _Block] = OrderedDict()
         self.packets = 0
@@ -60,7 +72,7 @@ class StreamReceiver:
         self._repairs: OrderedDict[int, tuple[tuple[int, int, int], int]] = OrderedDict()
         self._shapes: deque[tuple[int, int]] = deque(maxlen=6)  # (span, frame) ms, recent blocks
         #: what the sender uses now, as seen in its packets: (codec, frame ms, K, R). R is
-        #: the most repairs seen in one of the last ``SHAPE_BLOCKS`` blocks of that shape:
+        #: the most repairs seen in one of the last blocks of that shape (SHAPE_BLOCKS):
         #: the header's 7-bit ratio field stops at 2.0, which the ladder's tiers from heavy
         #: up all exceed, so it cannot tell them apart
         self.sender_shape: tuple[int, int, int, int] | None = None
@@ -70,6 +82,7 @@ class StreamReceiver:
         self.packets += 1
         self.last_arrival = now
         self.loss.add(header.seq, now)
+        self.pattern.add(header.seq, now)
         # the playout's FEC wait reacts to the first loss seen (or its absence): a lost
         # syllable at the start of a call hurts more than a noisy estimate
         self.playout.set_loss(self.loss.loss(now, raw=True), now)
@@ -111,9 +124,15 @@ class StreamReceiver:
         key = (codec, block.frame_ms, k)
         self._repairs[block_id] = (key, block.max_repair - k + 1)
         self._repairs.move_to_end(block_id)
-        while len(self._repairs) > SHAPE_BLOCKS:
+        while len(self._repairs) > SHAPE_BLOCKS_MAX:
             self._repairs.popitem(last=False)
-        r = max(n for kk, n in self._repairs.values() if kk == key)
+        loss = self.loss.loss(now, raw=True) or 0.0
+        blocks = SHAPE_BLOCKS
+        if loss > 0.0:
+            needed = ceil(log(SHAPE_MISS) / log(min(loss, 0.95)))
+            blocks = max(SHAPE_BLOCKS, min(SHAPE_BLOCKS_MAX, needed))
+        recent = list(self._repairs.values())[-blocks:]
+        r = max(n for kk, n in recent if kk == key)
         shape = (*key, r)
         if shape != self.sender_shape:
             self.sender_shape, self.shape_since = shape, now
