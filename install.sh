@@ -32,9 +32,9 @@ PYTHON=${PYTHON:-python3}
 #   mtools, dosfstools, fdisk, e2fsprogs, cloud-init: `wzp sdcard prepare` writes FAT images
 #   with mtools, and its tests build synthetic cards and check user-data with cloud-init.
 #   debian-archive-keyring: `wzp sdcard prepare --offline` fetches the Pi's arm64 .debs with
-#   apt-get and checks their signatures with it.
+#   apt-get and checks their signatures with it. shellcheck: the tests lint this script.
 DEV_APT=(libopus0 libasound2-dev gcc codec2-examples python3-dev mtools dosfstools fdisk
-    e2fsprogs cloud-init debian-archive-keyring)
+    e2fsprogs cloud-init debian-archive-keyring shellcheck)
 
 # On the handset: the build needs above plus python3-venv (Debian's python3 lacks ensurepip),
 # python3-lgpio (Raspberry Pi OS archive only: the venv sees it through
