@@ -39,7 +39,7 @@ def test_bursts_fail_the_protected_block_sizes_more_often_than_random_loss() -> 
     protected = [
         t for t in LADDER if t.codec.is_opus and repair_count(t.k, t.profile.fec_ratio) >= t.k
     ]
-    assert [t.name for t in protected] == ["light", "heavy", "dense", "severe"]
+    assert [t.name for t in protected] == ["light", "heavy", "dense", "severe", "deep"]
     for loss in ("10", "20", "30", "40"):
         for tier in protected:
             assert TABLE["bursty"][loss][tier.name] > TABLE["random"][loss][tier.name]
@@ -92,3 +92,19 @@ def test_a_pinned_tier_runs_alone_over_both_loss_models(tmp_path: Path) -> None:
     assert row["pesq_gap"] == pytest.approx(row["bursty"]["pesq"] - row["random"]["pesq"], abs=1e-3)
     with pytest.raises(KeyError):
         run_pinned(out, ("no-such-tier",), (20,), seeds=1, log=lambda line: None)
+
+
+def test_pin_losses_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("wzp")
+    out = tmp_path / "p.json"
+    for bad in ("80", "a,b", "0", ""):
+        result = subprocess.run(
+            [str(exe), "bench", "quality", "--pin", "deep", "--pin-losses", bad, "--out", str(out)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 2, (bad, result.stderr)
+        assert "--pin-losses wants whole percentages from 1 to 75" in result.stderr
+        assert not out.exists()

@@ -189,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: each of these tiers alone (comma-separated, e.g. heavy,dense,severe), "
         "random vs bursty at 10/20/30 %% loss, and the PESQ gap between them",
     )
+    q.add_argument(
+        "--pin-losses",
+        metavar="PCTS",
+        default="10,20,30",
+        help="with --pin: the loss points, in %% (comma-separated, 1-75; default 10,20,30)",
+    )
     q.set_defaults(func=_cmd_bench_quality)
     t = bsub.add_parser(
         "transport", help="datagrams over real QUIC through a lossy link: delivery, queueing, CPU"
@@ -431,9 +437,21 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
 
     if args.pin:
         try:
+            losses = tuple(int(x) for x in args.pin_losses.split(",") if x.strip())
+        except ValueError:
+            losses = ()
+        # 75 %: the most the bursty model (mean burst 3) can hold
+        if not losses or not all(1 <= x <= 75 for x in losses):
+            print(
+                f"wzp bench quality: --pin-losses wants whole percentages from 1 to 75, "
+                f"comma-separated (got {args.pin_losses!r})",
+                file=sys.stderr,
+            )
+            return 2
+        try:
             pinned = run_pinned(
                 args.out, tuple(t.strip() for t in args.pin.split(",") if t.strip()),
-                speech=args.speech, seed=args.seed, log=_bench_log,
+                losses, speech=args.speech, seed=args.seed, log=_bench_log,
             )  # fmt: skip
         except (SpeechError, KeyError) as exc:
             print(f"wzp bench quality: {exc}", file=sys.stderr)

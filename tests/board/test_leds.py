@@ -93,7 +93,7 @@ def test_link_patterns_by_tier() -> None:
         assert all(sample(LINK_PATTERNS[tier], 0.0, 5.0))
     for tier in ("heavy", "dense"):
         assert on_intervals(LINK_PATTERNS[tier], 4.0) == [(0.0, 1.0), (2.0, 3.0)]
-    for tier in ("severe", "extreme"):
+    for tier in ("severe", "deep", "extreme"):
         assert on_intervals(LINK_PATTERNS[tier], 0.8) == [(0.0, 0.2), (0.4, 0.6)]
 
 

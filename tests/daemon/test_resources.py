@@ -294,7 +294,7 @@ def test_level_table() -> None:
     for forbidden in LEVEL_FORBIDDEN:
         assert forbidden <= names
         assert ROBUST_TIER not in forbidden
-    assert LEVEL_FORBIDDEN[2] == {"dense", "severe"}
+    assert LEVEL_FORBIDDEN[2] == {"dense", "severe", "deep"}
     assert NO_CAPS.complexity == 8
     assert NO_CAPS.forbidden_tiers == frozenset()
     assert NO_CAPS.max_frame_ms is None
@@ -313,7 +313,7 @@ def test_cpu_over_tightens_after_5s_then_again_then_relaxes_a_step_per_30s() -> 
     assert [lv[t] for t in range(6, 11)] == [1] * 5  # counts again from the change
     assert lv[11] == 2
     assert caps[11].complexity == 2
-    assert caps[11].forbidden_tiers == {"dense", "severe"}
+    assert caps[11].forbidden_tiers == {"dense", "severe", "deep"}
     # clear from t = 12: one step down after 30 s clear, the next after 30 s more
     assert [lv[t] for t in range(12, 42)] == [2] * 30
     assert caps[20].reasons == ("clear for 8 s, relaxes after 30 s",)
@@ -404,7 +404,7 @@ def test_decide_caps_edge_inputs() -> None:
     bogus = Caps(0, frozenset({"extreme", "clear"}), 20, ("x",), level=9)
     out = decide_caps([R(0.0)], bogus, LIM)
     assert out.level == 2
-    assert out.forbidden_tiers == {"dense", "severe"}
+    assert out.forbidden_tiers == {"dense", "severe", "deep"}
     assert out.max_frame_ms is None
 
 
@@ -500,12 +500,12 @@ def test_monitor_drives_levels_up_and_down() -> None:
     for t in range(9, 15):
         step(t)
     assert mon.level == 2
-    assert mon.caps().forbidden_tiers == {"dense", "severe"}
+    assert mon.caps().forbidden_tiers == {"dense", "severe", "deep"}
     assert mon.changes == 2
     status = mon.status_dict()
     assert status["level"] == 2
     assert status["complexity"] == 2
-    assert status["forbidden_tiers"] == ["dense", "severe"]
+    assert status["forbidden_tiers"] == ["deep", "dense", "severe"]
     assert status["reasons"] == ["CPU 90% > 70%", "SoC 82.0 °C ≥ 80 °C"]
     cpu.pct, temp.value = 20.0, 60.0
     for t in range(15, 45):  # clear from t = 15

@@ -30,7 +30,9 @@ def _report(loss_pct: float, rtt_ms: float = 600, cap: float = 0) -> QualityRepo
 
 
 def test_ladder_repair_counts_and_hysteresis_are_consistent() -> None:
-    expected_r = {"clear": 1, "light": 3, "heavy": 6, "dense": 8, "severe": 9, "extreme": 27}
+    expected_r = {
+        "clear": 1, "light": 3, "heavy": 6, "dense": 8, "severe": 9, "deep": 19, "extreme": 27,
+    }  # fmt: skip
     for tier in LADDER:
         assert repair_count(tier.k, tier.profile.fec_ratio) == expected_r[tier.name]
         assert tier.k + expected_r[tier.name] <= 256  # ESIs fit the header's symbol byte

@@ -125,6 +125,7 @@ LINK_PATTERNS: dict[str, Pattern] = {
     "heavy": Pattern("heavy", _SLOW),
     "dense": Pattern("dense", _SLOW),
     "severe": Pattern("severe", _FAST),
+    "deep": Pattern("deep", _FAST),
     "extreme": Pattern("extreme", _FAST),
 }
 
@@ -134,6 +135,7 @@ LINK_MEANINGS: dict[str, str] = {
     "heavy": "heavy loss, heavy protection (tier heavy)",
     "dense": "heavy loss, dense protection (tier dense)",
     "severe": "severe loss (tier severe)",
+    "deep": "severe loss, longer blocks: more delay (tier deep)",
     "extreme": "extreme loss: the last resort tier (tier extreme)",
 }
 
@@ -152,6 +154,7 @@ LINK_COLOURS: dict[str, Colour] = {
     "heavy": YELLOW,
     "dense": YELLOW,
     "severe": ORANGE,
+    "deep": ORANGE,
     "extreme": RED,
 }
 

@@ -280,8 +280,10 @@ LEVEL_COMPLEXITY: tuple[int, ...] = (DEFAULT_COMPLEXITY, 4, 2)
 #   media path (codec + FEC + crypto, both directions, pure-Python FEC as on a Pi),
 #   ms of CPU per 20 ms of audio:
 #       clear 0.43  light 0.40  heavy 0.42  dense 0.43  severe 0.42  extreme 0.18
+#       (a later run, on a quieter machine: 0.23-0.26 for every Opus tier, deep
+#       included, and 0.21 for extreme)
 #   packets per second one way (K + R per block of K packets):
-#       clear 22    light 21    heavy 33    dense 42    severe 46    extreme 78
+#       clear 22    light 21    heavy 33    dense 42    severe 46    deep 48   extreme 78
 #
 # Every Opus tier costs the same media-path CPU (the spread, +-4 %, is noise; FEC
 # decode is about 0.2 ms per second of audio even for severe's 2+9 blocks), so
@@ -290,15 +292,16 @@ LEVEL_COMPLEXITY: tuple[int, ...] = (DEFAULT_COMPLEXITY, 4, 2)
 # and 5.7 % at 61 (transport bench, 30 % loss, the earlier ladder of 60 ms packets):
 # about one point for ~39 more packets a second, i.e. roughly 20 points of a Zero 2 W
 # core. (With this ladder 30 % loss runs heavy at 33 packets/s: 5.8 % against 6.0 % at
-# 0 %, the same within the noise.) So level 2 forbids the two Opus tiers with the most
-# repair packets, dense and severe. A link that wants dense then
-# gets heavy (R=6 of 2: holds ~35 % loss instead of ~48 %), one that wants severe gets
-# extreme: Codec2's media path costs 40 % of Opus', which outweighs its 78 packets/s.
+# 0 %, the same within the noise.) So level 2 forbids the Opus tiers with the most
+# repair packets: dense, severe and deep (48 packets/s). A link that wants dense then
+# gets heavy (R=6 of 2: holds ~35 % loss instead of ~48 %), one that wants severe or
+# deep gets extreme: Codec2's media path costs 40 % of Opus', which outweighs its 78
+# packets/s (the controller counts its distance from severe past deep, test_burst.py).
 # heavy stays allowed: forbidding it too would drop 20-35 % loss links to light.
 LEVEL_FORBIDDEN: tuple[frozenset[str], ...] = (
     frozenset(),
     frozenset(),
-    frozenset({"dense", "severe"}),
+    frozenset({"dense", "severe", "deep"}),
 )
 
 

@@ -68,18 +68,36 @@ FULL_DUPLEX_LOSS = 0.12
 #: the link model, a 10 % link never passes 0.12 this way, a 30 % link passes a tier's
 #: 0.30 in 2 % of calls, a 40 % link in 87 %
 BURST_GATE_SD = 2.0
+#: a tier with a longer FEC wait (ladder ``delay_loss``) needs more: a link that must keep
+#: its delay under 150 ms should almost never pass (on the link model, 17 s calls at 30 %
+#: loss in runs of 3 passed 0.30 this way in none of 40, at 40 % in about half, at 50 %
+#: in 39 of 40 within 6 s: test_burst.py)
+DELAY_GATE_SD = 3.0
 #: while the runs still call for the recommended tier, the recommendation is repeated
 #: this often (the sender's floor lasts a minute)
 BURST_REFRESH_S = 30.0
+#: how long the receiver keeps room for the longer blocks it asked for before taking the
+#: request as not followed (the request crosses the lossy link on a QUIC stream)
+SPAN_HINT_S = 10.0
 #: no frame captured for this long counts as a pause even without stop_sending
 PAUSE_S = 0.5
 #: keep-alives sent at once when push-to-talk is released
 PAUSE_KEEPALIVES = 3
 
 
-def _above(pattern: LossPattern, limit: float) -> bool:
-    """The window's loss is above ``limit`` by BURST_GATE_SD standard errors."""
-    return pattern.loss - BURST_GATE_SD * pattern.loss_sd() > limit
+def _above(pattern: LossPattern, limit: float, sd: float = BURST_GATE_SD) -> bool:
+    """The window's loss is above ``limit`` by ``sd`` standard errors."""
+    return pattern.loss - sd * pattern.loss_sd() > limit
+
+
+def _affordable(pattern: LossPattern | None, tier: Tier) -> bool:
+    """Whether the measured loss pays for ``tier``'s longer FEC wait: it has none, or the
+    last PATTERN_WINDOW_S are above its ``delay_loss`` by DELAY_GATE_SD standard errors."""
+    if not tier.delay_loss:
+        return True
+    if pattern is None or pattern.runs < BURST_MIN_RUNS or pattern.expected < BURST_MIN_PACKETS:
+        return False
+    return _above(pattern, tier.delay_loss, DELAY_GATE_SD)
 
 
 @dataclass
@@ -236,7 +254,9 @@ class MediaEndpoint:
         family = [
             i
             for i, t in enumerate(ladder)
-            if t.codec.is_opus == ladder[idx].codec.is_opus and (roomy or t.full_duplex)
+            if t.codec.is_opus == ladder[idx].codec.is_opus
+            and (roomy or t.full_duplex)
+            and _affordable(pattern, t)
         ]
         if not family:
             return None
@@ -248,10 +268,13 @@ class MediaEndpoint:
             return idx  # the runs still call for it: keep the sender's floor
         return None
 
-    def _recommend(self, index: int, now: float) -> bool:
+    def _recommend(self, index: int, now: float, rx: StreamReceiver) -> bool:
         report = self.receiver.report(now, self.rtt_ms, self.cap_kbps)
         if report is None:
             return False
+        tier = self.ladder[index]
+        # room for longer blocks in the next pause, before they arrive
+        rx.playout.expect_span(tier.k * tier.frame_ms, now + SPAN_HINT_S)
         self._signals.append(
             QualityUpdate(
                 QualityUpdateReport(report.loss, report.rtt_4ms, report.jitter_ms, report.cap_kbps),
@@ -269,7 +292,7 @@ class MediaEndpoint:
             return
         for rx in self.receiver.streams.values():
             wanted = self._burst_wanted(rx, now)
-            if wanted is not None and self._recommend(wanted, now):
+            if wanted is not None and self._recommend(wanted, now, rx):
                 self._burst_tier, self._burst_at = wanted, now
                 self.burst_recommendations += 1
                 return
@@ -281,16 +304,22 @@ class MediaEndpoint:
             if due < 20 or residual <= RECOMMEND_RESIDUAL or events < RECOMMEND_EVENTS:
                 continue
             idx = self._ladder_index(*rx.sender_shape)
-            if idx is None or idx + 1 >= len(self.ladder):
+            if idx is None:
                 continue
-            here, there = self.ladder[idx], self.ladder[idx + 1]
+            # the next heavier tier whose delay the link pays for
+            pattern = rx.pattern.pattern(now)
+            later = range(idx + 1, len(self.ladder))
+            nxt = next((i for i in later if _affordable(pattern, self.ladder[i])), None)
+            if nxt is None:
+                continue
+            here, there = self.ladder[idx], self.ladder[nxt]
             if here.codec.is_opus != there.codec.is_opus:
                 if now - rx.shape_since < RECOMMEND_CROSS_CODEC_WINDOW_S:
                     continue
                 long_residual, _, _ = rx.playout.residual(now, RECOMMEND_CROSS_CODEC_WINDOW_S)
                 if long_residual <= RECOMMEND_CROSS_CODEC_RESIDUAL:
                     continue
-            if self._recommend(idx + 1, now):
+            if self._recommend(nxt, now, rx):
                 return
 
     def playout(self, now: float) -> np.ndarray:

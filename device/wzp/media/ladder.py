@@ -18,12 +18,17 @@ only when fewer than 2 of its 2 + R packets arrive. Under random loss that happe
 and 53 % for severe (R 9, at 11 kbit/s to fit 100 kbit/s) (binomial; the quality
 benchmark's ``block_failures`` measures it on the link model). Each tier's
 ``up_loss`` sits near that point: light 20 %, heavy 35 % (0.4 % of blocks: dense
-costs only rate there), dense 48 %, severe 58 % (2 % of blocks, still better speech
-than Codec2 3200, which takes over above it with 27 repairs per 4 packets, on the
-benchmark). ``down_loss`` is where the lighter tier is safe again (hysteresis).
+costs only rate there), dense 48 %. Severe holds to 80 %: measured tier by tier
+(``bench/results/pinned-high.json``), Opus in severe keeps speech more intelligible
+than Codec2 3200 (27 repairs per 4 packets) up to about 70 % loss even with a tenth
+of its frames lost, so Codec2 is the last resort only. ``down_loss`` is where the
+lighter tier is safe again (hysteresis).
 Under bursty loss (Gilbert, mean burst 3 packets) the same block sizes lose more:
-one burst can take most of a 5-10 packet block; the media benchmark measures how
-much.
+one burst can take most of a 5-10 packet block. The receiver sees the runs and asks
+for the tier they call for (endpoint.py); above 30 % loss, where the delay budget is
+400 ms, that can be deep: blocks of K = 4 with 19 repairs, whose first packet waits
+360 ms for them, and which lose 0.6 % of blocks at 50 % loss in runs of 3 where
+severe loses 3.7 %.
 
 Each tier is a :class:`~wzp.proto.profiles.Profile` (codec id, repair ratio, packet
 duration, K) plus what the profile does not carry: the Opus bitrate (the codec id's
@@ -59,6 +64,12 @@ class Tier:
     #: fits half of a 100 kbit/s link with every header counted, so a full-duplex call
     #: goes through (the loss rules alone keep to these tiers at up to 20 % loss)
     full_duplex: bool = False
+    #: > 0: longer blocks whose FEC wait only a link lossier than this may pay for (the
+    #: delay budget is 150 ms up to 30 % loss, 400 ms beyond). The loss rules never
+    #: choose such a tier: the mean loss of a 3 s window cannot tell 30 % from 40 %
+    #: under bursts. Only the receiver asks for it (endpoint.py), once the loss it has
+    #: measured over 10 s is clearly above this.
+    delay_loss: float = 0.0
 
     @property
     def codec(self) -> CodecId:
@@ -99,6 +110,14 @@ LADDER: tuple[Tier, ...] = (
     Tier("heavy", _p(CodecId.Opus16k, 3.0, 120, 2), 12_000, up_loss=0.35, down_loss=0.12),
     Tier("dense", _p(CodecId.Opus16k, 4.0, 120, 2), 12_000, up_loss=0.48, down_loss=0.26),
     Tier("severe", _p(CodecId.Opus16k, 4.5, 120, 2), 11_000, up_loss=0.80, down_loss=0.38),
+    Tier(
+        "deep",
+        _p(CodecId.Opus16k, 4.75, 120, 4),
+        11_000,
+        up_loss=0.80,
+        down_loss=0.38,
+        delay_loss=0.30,
+    ),
     Tier("extreme", _p(CodecId.Codec2_3200, 6.75, 100, 4), None, up_loss=1.01, down_loss=0.70),
 )
 

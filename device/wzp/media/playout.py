@@ -107,6 +107,10 @@ class PlayoutConfig:
     quiet_rms: float = 300.0  # a decoded frame below this RMS counts as a pause
     max_step_periods: int = 16  # at most this many periods inserted at once
     shrink_after_s: float = 4.0  # a lower target must hold this long before the buffer shrinks
+    #: a longer FEC wait (the sender moved to longer blocks) is taken in a pause, at most
+    #: this long after the longer blocks began: growing the buffer in speech inserts
+    #: a gap into a word. Until then a frame lost in a longer block may be concealed.
+    span_grow_wait_s: float = 3.0
 
 
 class _Transit:
@@ -151,6 +155,10 @@ class Playout:
         self._jitter = 0.0
         self._prev_transit: float | None = None
         self._span_ms = 0
+        self._span_used_ms = 0  # the block span the target delay allows for now
+        self._span_grow_since: float | None = None
+        self._span_hint_ms = 0  # a longer span the receiver asked the sender for ...
+        self._span_hint_until = float("-inf")  # ... expected until then
         self._frame_ms = 0
         # until the loss window says the link is clean, wait for repairs: the start
         # of a talk spurt is where a lost syllable hurts most
@@ -172,6 +180,33 @@ class Playout:
         """The sender's block shape: K x frame duration, and the frame duration."""
         self._span_ms = max(0, span_ms)
         self._frame_ms = max(0, frame_ms)
+        if self._base is None:
+            self._span_used_ms = self._span_ms
+
+    def expect_span(self, span_ms: int, until: float) -> None:
+        """The receiver has asked the sender for blocks of ``span_ms``: make room for
+        them in the next pause instead of in speech once they arrive (until ``until``,
+        when the request is taken as not followed)."""
+        self._span_hint_ms, self._span_hint_until = max(0, span_ms), until
+
+    def _wanted_span_ms(self, now: float) -> int:
+        hint = self._span_hint_ms if now < self._span_hint_until else 0
+        return max(self._span_ms, hint)
+
+    def _follow_span(self, now: float, pause: bool) -> None:
+        """Move the span the target delay allows for towards the one wanted: down at once
+        (the shrink rule then waits for a pause), up in a pause or after
+        ``span_grow_wait_s``."""
+        wanted = self._wanted_span_ms(now)
+        if wanted <= self._span_used_ms:
+            self._span_used_ms = wanted
+            self._span_grow_since = None
+            return
+        if self._span_grow_since is None:
+            self._span_grow_since = now
+        if pause or now - self._span_grow_since >= self.config.span_grow_wait_s:
+            self._span_used_ms = wanted
+            self._span_grow_since = None
 
     def set_loss(self, pre_fec_loss: float | None, now: float) -> None:
         """Measured loss before FEC decides whether the FEC wait is worth its delay.
@@ -194,7 +229,7 @@ class Playout:
     def target_delay_s(self) -> float:
         c = self.config
         margin = max(c.min_margin_ms / 1000, c.jitter_factor * self._jitter)
-        wait = max(self._span_ms if self._fec_active else 0, self._frame_ms) / 1000
+        wait = max(self._span_used_ms if self._fec_active else 0, self._frame_ms) / 1000
         return min(c.max_delay_ms / 1000, wait + margin)
 
     @property
@@ -256,6 +291,7 @@ class Playout:
     def pull(self, now: float) -> np.ndarray:
         """Exactly one period of PCM for the period starting at ``now``."""
         if not self._playing:
+            self._follow_span(now, pause=True)  # idle: a pause
             self._maybe_start(now)
         if self._playing:
             self._maybe_adjust(now)
@@ -295,14 +331,16 @@ class Playout:
     def _maybe_adjust(self, now: float) -> None:
         """Follow a changed target delay in one step, in a pause when possible.
 
-        The buffer grows at once, in one step: waiting would make frames late, and
-        a lost frame is worse than a short stretch of concealment. It shrinks only
+        For jitter the buffer grows at once, in one step: waiting would make frames
+        late, and a lost frame is worse than a short stretch of concealment. For longer
+        blocks it grows in a pause (:meth:`_follow_span`). It shrinks only
         once the lower target has held for ``shrink_after_s``, and only in a pause:
         dropping silence is inaudible, dropping speech is not.
         """
         c = self.config
         if self._base is None:
             return
+        self._follow_span(now, pause=self._last_rms < c.quiet_rms)
         desired = self._desired_base()
         if desired is None:
             return

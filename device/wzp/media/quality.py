@@ -247,6 +247,9 @@ class QualityController:
       above it, unless no tier fits.
     * RTT is never an input.
     * A copy of the last report (``COPY_S``, ``REPORT_COPIES``) changes nothing.
+    * A tier with a ``delay_loss`` (deep) is never where the loss rules go: the walk
+      down passes it (its ``up_loss`` is the one of the tier before it), the climb back
+      skips it. Only a recommendation's floor puts the sender there.
     * The peer may recommend more protection (``QualityUpdate.recommended_profile``,
       sent when the loss it hears *after* FEC stays high, as under bursty loss, which
       the 4-byte report cannot show). A recommendation sets a floor for
@@ -299,11 +302,17 @@ class QualityController:
         return not (self.cap_kbps is not None and rate is not None and rate > self.cap_kbps)
 
     def _settle(self, wanted: int) -> Tier:
-        """The usable tier nearest ``wanted``; on a tie, the more protective one."""
-        order = sorted(range(len(self.ladder)), key=lambda i: (abs(i - wanted), -i))
-        for i in order:
-            if self._usable(self.ladder[i]):
-                return self.ladder[i]
+        """The usable tier nearest ``wanted``; on a tie, the more protective one. A tier
+        with a ``delay_loss`` only when it is the one wanted."""
+        # distance counted over the tiers that may be chosen here: with deep forbidden
+        # or not wanted, severe's neighbours are dense and extreme
+        steps = [i for i, t in enumerate(self.ladder) if i == wanted or not t.delay_loss]
+        here = steps.index(wanted)
+        order = sorted(range(len(steps)), key=lambda j: (abs(j - here), -j))
+        for j in order:
+            tier = self.ladder[steps[j]]
+            if self._usable(tier):
+                return tier
         allowed = [t for t in self.ladder if t.name in self.allowed]
         return allowed[-1]
 
@@ -379,6 +388,8 @@ class QualityController:
                 st.good_reports += 1
                 if st.good_reports >= self.recover_reports:
                     wanted = i - 1
+                    while wanted > 0 and self.ladder[wanted].delay_loss:
+                        wanted -= 1  # the loss rules never choose such a tier
                     st.good_reports = 0
             else:
                 st.good_reports = 0
