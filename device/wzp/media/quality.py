@@ -251,8 +251,9 @@ class QualityController:
       down passes it (its ``up_loss`` is the one of the tier before it), the climb back
       skips it. Only a recommendation's floor puts the sender there.
     * The peer may recommend more protection (``QualityUpdate.recommended_profile``,
-      sent when the loss it hears *after* FEC stays high, as under bursty loss, which
-      the 4-byte report cannot show). A recommendation sets a floor for
+      sent when the runs of loss it sees break this tier's blocks, or the loss it hears
+      *after* FEC stays high, as under bursty loss, which the 4-byte report cannot
+      show). A recommendation sets a floor for
       ``floor_hold_s``; the loss rules still move further down, never above it.
     """
 
