@@ -90,12 +90,17 @@ def _above(pattern: LossPattern, limit: float, sd: float = BURST_GATE_SD) -> boo
     return pattern.loss - sd * pattern.loss_sd() > limit
 
 
+def _enough(pattern: LossPattern) -> bool:
+    """Whether the window holds enough of the link to judge its runs by."""
+    return pattern.runs >= BURST_MIN_RUNS and pattern.expected >= BURST_MIN_PACKETS
+
+
 def _affordable(pattern: LossPattern | None, tier: Tier) -> bool:
     """Whether the measured loss pays for ``tier``'s longer FEC wait: it has none, or the
     last PATTERN_WINDOW_S are above its ``delay_loss`` by DELAY_GATE_SD standard errors."""
     if not tier.delay_loss:
         return True
-    if pattern is None or pattern.runs < BURST_MIN_RUNS or pattern.expected < BURST_MIN_PACKETS:
+    if pattern is None or not _enough(pattern):
         return False
     return _above(pattern, tier.delay_loss, DELAY_GATE_SD)
 
@@ -233,7 +238,9 @@ class MediaEndpoint:
                 return i
         return None
 
-    def _burst_wanted(self, rx: StreamReceiver, now: float) -> int | None:
+    def _burst_wanted(
+        self, rx: StreamReceiver, pattern: LossPattern | None, now: float
+    ) -> int | None:
         """The ladder tier the burst rule recommends to this stream's sender, or None.
         (The last recommendation is remembered per endpoint, not per stream: a direct
         call has one; in a relay room the requests go to the room as before.)"""
@@ -241,16 +248,17 @@ class MediaEndpoint:
         idx = None if shape is None else self._ladder_index(*shape)
         if idx is None:
             return None
-        pattern = rx.pattern.pattern(now)
-        if pattern is None or pattern.runs < BURST_MIN_RUNS:
-            return None
-        if pattern.expected < BURST_MIN_PACKETS:
+        if pattern is None or not _enough(pattern):
             return None
         ladder = self.ladder
+        failures: dict[int, float] = {}
 
         def failure(i: int) -> float:
-            t = ladder[i]
-            return pattern.block_failure(t.k + repair_count(t.k, t.profile.fec_ratio), t.k)
+            if i not in failures:
+                t = ladder[i]
+                n = t.k + repair_count(t.k, t.profile.fec_ratio)
+                failures[i] = pattern.block_failure(n, t.k)
+            return failures[i]
 
         roomy = _above(pattern, FULL_DUPLEX_LOSS)
         family = [
@@ -292,13 +300,15 @@ class MediaEndpoint:
         after FEC stays high."""
         if now < self._next_recommend:
             return
-        for rx in self.receiver.streams.values():
-            wanted = self._burst_wanted(rx, now)
+        # each stream's loss pattern, fitted once for both rules
+        patterns = {sid: rx.pattern.pattern(now) for sid, rx in self.receiver.streams.items()}
+        for sid, rx in self.receiver.streams.items():
+            wanted = self._burst_wanted(rx, patterns[sid], now)
             if wanted is not None and self._recommend(wanted, now, rx):
                 self._burst_tier, self._burst_at = wanted, now
                 self.burst_recommendations += 1
                 return
-        for rx in self.receiver.streams.values():
+        for sid, rx in self.receiver.streams.items():
             if rx.sender_shape is None or now - rx.shape_since < RECOMMEND_WINDOW_S:
                 continue  # judge a tier only on audio it alone produced
             residual, due, events = rx.playout.residual(now, RECOMMEND_WINDOW_S)
@@ -309,9 +319,8 @@ class MediaEndpoint:
             if idx is None:
                 continue
             # the next heavier tier whose delay the link pays for
-            pattern = rx.pattern.pattern(now)
             later = range(idx + 1, len(self.ladder))
-            nxt = next((i for i in later if _affordable(pattern, self.ladder[i])), None)
+            nxt = next((i for i in later if _affordable(patterns[sid], self.ladder[i])), None)
             if nxt is None:
                 continue
             here, there = self.ladder[idx], self.ladder[nxt]

@@ -85,7 +85,8 @@ class StreamReceiver:
         self.pattern.add(header.seq, now)
         # the playout's FEC wait reacts to the first loss seen (or its absence): a lost
         # syllable at the start of a call hurts more than a noisy estimate
-        self.playout.set_loss(self.loss.loss(now, raw=True), now)
+        loss = self.loss.loss(now, raw=True)
+        self.playout.set_loss(loss, now)
         ts = self._ts.extend(header.ts)
         if not header.is_repair and not payload:
             # keep-alive: it carried a report and a seq, and says where the sender paused
@@ -115,9 +116,11 @@ class StreamReceiver:
                 block.ts0 = ts - header.symbol * block.frame_ms
             block.decoder.add_source(header.symbol, payload)
         self._recover(block, header.codec, now)
-        self._track_shape(header.block, block, header.codec, now)
+        self._track_shape(header.block, block, header.codec, now, loss or 0.0)
 
-    def _track_shape(self, block_id: int, block: _Block, codec: int, now: float) -> None:
+    def _track_shape(
+        self, block_id: int, block: _Block, codec: int, now: float, loss: float
+    ) -> None:
         k = block.decoder.k
         if k is None or not block.frame_ms or block.max_repair < k:
             return
@@ -126,7 +129,6 @@ class StreamReceiver:
         self._repairs.move_to_end(block_id)
         while len(self._repairs) > SHAPE_BLOCKS_MAX:
             self._repairs.popitem(last=False)
-        loss = self.loss.loss(now, raw=True) or 0.0
         blocks = SHAPE_BLOCKS
         if loss > 0.0:
             needed = ceil(log(SHAPE_MISS) / log(min(loss, 0.95)))
