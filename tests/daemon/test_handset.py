@@ -517,3 +517,36 @@ async def test_call_right_after_hangup_is_not_refused_as_busy(
     finally:
         await a.h.stop()
         await b.h.stop()
+
+
+async def test_calling_a_handset_that_is_not_running_fails_at_once(
+    tmp_path: Path, ids: dict[str, Identity]
+) -> None:
+    """Bob's Pi is up but its daemon is not: his host answers "port unreachable". The
+    caller is told so at once (status and the error pattern), not after the 15 s dial
+    timeout, and can call again straight away."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+        gone.bind(("127.0.0.1", 0))
+        port = gone.getsockname()[1]
+    a = await _box(
+        tmp_path, "a", ids["A"], DemoAudio(np.zeros(0, np.int16)),
+        {"bob": Contact("bob", ids["B"].fingerprint, "127.0.0.1", port)}, "bob",
+    )  # fmt: skip
+    sock = a.h.config.control_socket
+    try:
+        for _ in range(2):
+            start = time.monotonic()
+            await asyncio.to_thread(request, sock, "call")
+            await until(lambda: a.h.dialing is None and a.h.last_error, 10, "the failure")
+            assert time.monotonic() - start < 10  # the dial timeout is 15 s
+            assert a.h.last_error is not None
+            assert "cannot reach bob" in a.h.last_error
+            assert "nothing listens" in a.h.last_error
+            assert a.h.state_name() != "active"
+            status = await asyncio.to_thread(request, sock, "status")
+            assert "nothing listens" in format_status(status)
+            a.h.last_error = None
+    finally:
+        await a.h.stop()

@@ -524,6 +524,31 @@ async def test_handshake_timeout() -> None:
             await connect_wzp("127.0.0.1", port, Identity.generate(), timeout=0.3)
 
 
+@pytest.mark.parametrize("host", HOSTS)
+async def test_nothing_listening_is_said_at_once_not_after_the_timeout(host: str) -> None:
+    """The peer's host answers ICMP "port unreachable" (its daemon is not running): the
+    dial fails with that reason at once. Before, the unconnected socket never saw the
+    ICMP and the caller waited out the whole dial timeout (15 s on a handset)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as gone:
+        gone.bind((host, 0))
+        port = gone.getsockname()[1]
+    # the port is closed now; a timeout would raise TimeoutError (after 30 s), not this
+    with pytest.raises(ConnectionRefusedError, match=rf"nothing listens at .*:{port}"):
+        await connect_wzp(host, port, Identity.generate(), timeout=30.0, attempt_every=0.2)
+
+
+async def test_an_icmp_error_on_a_live_connection_is_counted_not_fatal() -> None:
+    """Once connected, "port unreachable" (the peer restarting, a NAT hiccup) does not end
+    the call: QUIC's idle timeout decides whether the peer is gone."""
+    async with _pair() as p:
+        p.client.error_received(ConnectionRefusedError(111, "Connection refused"))
+        assert p.client.counters.socket_errors == 1
+        assert p.client.is_connected
+        assert p.client.send_datagram(b"still here")
+        assert await asyncio.wait_for(p.peer.recv_datagram(), TIMEOUT) == b"still here"
+
+
 async def test_a_timed_out_handshake_leaves_no_unread_failure() -> None:
     """aioquic's own wait_connected() fails a shielded future later, with nobody to read
     it; asyncio then logs "Future exception was never retrieved" into the journal."""

@@ -323,6 +323,10 @@ class WzpCounters:
     """Refused incoming streams: framing errors, oversize, undecodable, unidirectional."""
     streams_reset_by_peer: int = 0
     last_stream_error: str | None = field(default=None)
+    socket_errors: int = 0
+    """ICMP errors reported on the socket once connected (port unreachable while the peer
+    restarts, say): counted, the connection goes on; QUIC's idle timeout ends it if the
+    peer stays away."""
 
 
 class _RxStream:
@@ -604,6 +608,28 @@ class WzpConnection(QuicConnectionProtocol):
         if self._on_established is not None:
             self._on_established(self)
 
+    def error_received(self, exc: Exception) -> None:
+        """An ICMP error on the socket (reported only on a client's connected socket).
+
+        Before the handshake, "port unreachable" means nothing listens at that address:
+        the attempt fails at once (``ConnectionRefusedError``) instead of waiting out the
+        dial timeout. Afterwards it is counted and the connection goes on: a peer that is
+        restarting may answer again, and one that is gone is found by the idle timeout.
+        """
+        if self._ready or self._ended:
+            self.counters.socket_errors += 1
+            log.debug("socket error on a connected wzp connection: %s", exc)
+            return
+        if isinstance(exc, ConnectionRefusedError):
+            if self._established is None or self._established.done():
+                self._established = self._loop.create_future()
+            self._established.set_exception(
+                ConnectionRefusedError("port unreachable: nothing listens there")
+            )
+            return
+        self.counters.socket_errors += 1
+        log.debug("socket error during the handshake: %s", exc)
+
     def _keepalive(self) -> None:
         self._keepalive_handle = None
         if not self.is_connected:
@@ -825,7 +851,8 @@ async def connect_wzp(
     certificate key has another fingerprint is closed (error code
     :data:`WZP_ERROR_PEER_IDENTITY`) and :class:`PeerFingerprintMismatch` is raised.
     Raises ``TimeoutError`` when no handshake finishes within ``timeout`` seconds and
-    ``ConnectionError`` when the peer ends one (a refusal is not retried). Close the
+    ``ConnectionError`` when the peer ends one, ``ConnectionRefusedError`` (at once) when
+    the peer's host answers that nothing listens on the port (neither is retried). Close the
     connection with :meth:`WzpConnection.aclose`; the socket goes with it.
     """
     expected = _as_fingerprint(expected_fingerprint) if expected_fingerprint is not None else None
@@ -839,6 +866,10 @@ async def connect_wzp(
         sock = _udp_socket(family, bind_host, local_port)
         quic = _WzpQuicConnection(configuration=config)
         try:
+            # connected, so that the kernel reports ICMP "port unreachable" (it does not
+            # on an unconnected UDP socket): a peer whose daemon is not running is said
+            # at once, not after the dial timeout
+            sock.connect(addr)
             transport, protocol = await loop.create_datagram_endpoint(
                 lambda: WzpConnection(quic), sock=sock
             )
@@ -892,6 +923,8 @@ async def connect_wzp(
             extra.close(reason_phrase="another attempt connected first")
     if not won:
         assert failure is not None
+        if isinstance(failure, ConnectionRefusedError):
+            raise ConnectionRefusedError(f"nothing listens at {host}:{port} (port unreachable)")
         if isinstance(failure, ConnectionError):
             raise ConnectionError(f"wzp handshake with {host}:{port} failed: {failure}")
         raise failure
