@@ -550,3 +550,49 @@ async def test_calling_a_handset_that_is_not_running_fails_at_once(
             a.h.last_error = None
     finally:
         await a.h.stop()
+
+
+@pytest.mark.parametrize("how", ["button", "control"])
+async def test_a_call_whose_hangup_cannot_get_through_does_not_hold_the_handset(
+    tmp_path: Path, ids: dict[str, Identity], how: str
+) -> None:
+    """The link dies, the user hangs up: the Hangup can never be acknowledged, and the ended
+    call used to keep the handset for up to 5 s more (plus QUIC's closing period), the
+    call button doing nothing and `wzp call` refused "still ending". A press of the call
+    button, or `wzp call`, right after the hang-up now dials."""
+    from wzp.net.udpproxy import UdpLossyProxy
+    from wzp.sim.link import LinkConfig
+
+    b = await _box(
+        tmp_path, "b", ids["B"], DemoAudio(np.zeros(0, np.int16)),
+        {"alice": Contact("alice", ids["A"].fingerprint, "127.0.0.1", 9)},
+        auto_answer_s=0.0,
+    )  # fmt: skip
+    assert b.h.port
+    dies_at = 2.5
+    dark = LinkConfig(blackouts=((dies_at, 600.0),))
+    async with UdpLossyProxy(("127.0.0.1", b.h.port), dark) as proxy:
+        started = time.monotonic()
+        a = await _box(
+            tmp_path, "a", ids["A"], DemoAudio(np.zeros(0, np.int16)),
+            {"bob": Contact("bob", ids["B"].fingerprint, "127.0.0.1", proxy.port)}, "bob",
+        )  # fmt: skip
+        sock = a.h.config.control_socket
+        try:
+            a.h.place_call()
+            await until(lambda: a.h.state_name() == "active", 10, "the call")
+            await asyncio.sleep(max(0.0, dies_at + 0.3 - (time.monotonic() - started)))
+            assert (await asyncio.to_thread(request, sock, "hangup"))["done"] == "hung up"
+            assert a.h.call is not None  # the Hangup waits for an acknowledgement
+            if how == "button":
+                await a.press("call")  # short press: acts when released
+            else:
+                assert (await asyncio.to_thread(request, sock, "call"))["calling"] == "bob"
+            await until(lambda: a.h.dialing == "bob", 2, "a new dial")
+            assert a.h.last_call is not None and a.h.last_call["ended"] == "Normal"
+            assert a.h.calls_total == 1
+            assert (await asyncio.to_thread(request, sock, "hangup"))["done"] == "dial cancelled"
+            await until(lambda: a.h.dialing is None, 5, "the dial to stop")
+        finally:
+            await a.h.stop()
+            await b.h.stop()

@@ -134,10 +134,10 @@ async def test_http_answers_only_get_metrics_and_an_idle_client_blocks_nothing()
         # beyond MAX_CLIENTS at once, a connection is closed at once
         idle.append(await asyncio.open_connection("127.0.0.1", port))
         await until(lambda: len(relay.server.metrics._clients) == MAX_CLIENTS)  # type: ignore[union-attr]
-        reader, _ = await asyncio.open_connection("127.0.0.1", port)
+        reader, refused = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
         assert relay.server.metrics.refused == 1
-        for _, writer in idle:
+        for _, writer in [*idle, (reader, refused)]:
             writer.close()
 
 

@@ -63,6 +63,9 @@ ERROR_SHOW_S = 5.0
 #: an accepted connection that has not offered a call by then is closed
 OFFER_WAIT_S = 15.0
 DIAL_TIMEOUT_S = 15.0
+#: how long `wzp call` waits for the last call's Hangup to be acknowledged before letting
+#: go of that call (it is over either way)
+ENDED_CALL_GRACE_S = 1.0
 VOLUME_STEP_DB = 3.0
 VOLUME_RANGE_DB = (-40.0, 20.0)
 #: audio port states that light the error pattern (the card is gone, held, or broken)
@@ -114,6 +117,8 @@ class CallInfo:
     codecs: list[TierCodec] = field(default_factory=list)
     #: (time, frames due, concealed) samples for the post-FEC loss window
     residual: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=6))
+    #: an incoming connection whose offer was accepted: it became the handset's call
+    claimed: bool = False
 
 
 class _CallAudio:
@@ -355,18 +360,27 @@ class Handset:
 
     async def _ended_call_gone(self) -> None:
         """A call that has ended but still holds its connection (its Hangup waits for an
-        acknowledgement, HANGUP_LINGER_S at most): wait a while for it to go, so that
-        `wzp call` right after `wzp hangup` is not refused as "already in a call" (within
-        the control client's 5 s)."""
-        deadline = self.now() + min(HANGUP_LINGER_S, 4.0)
-
-        def ending() -> bool:
-            return self.call is not None and not self.call.runner.engine.session.live
-
-        while ending() and self.now() < deadline:
+        acknowledgement, HANGUP_LINGER_S at most): give the Hangup a moment to be
+        acknowledged (one round trip, usually) before `wzp call` lets go of it."""
+        deadline = self.now() + min(HANGUP_LINGER_S, ENDED_CALL_GRACE_S)
+        while self._ended_call() is not None and self.now() < deadline:
             await asyncio.sleep(0.05)
-        if ending():
-            raise ControlError("the last call is still ending (its hang-up is on the way)")
+
+    def _ended_call(self) -> CallInfo | None:
+        info = self.call
+        if info is not None and info.runner.engine.state is State.CLOSED:
+            return info
+        return None
+
+    def _let_go_of_ended_call(self) -> None:
+        """A new call wants the handset while the last one, over already, still waits for
+        its Hangup to be acknowledged (a lossy link, a peer gone away): stop waiting. The
+        Hangup has been sent, and closing the connection sends CONNECTION_CLOSE too; the
+        call button and `wzp call` are never refused as busy by a call that has ended."""
+        info = self._ended_call()
+        if info is not None:
+            info.runner.stop()
+            self._end_call(info)
 
     def place_call(self, target: str | None = None) -> str:
         """Call a contact (default: the configured default contact)."""
@@ -374,6 +388,7 @@ class Handset:
         if not name:
             raise ControlError("no default contact: set call.default_contact or give a name")
         contact = self.resolve(name)  # an unknown name is said as such, busy or not
+        self._let_go_of_ended_call()
         if self.call is not None or self.dialing is not None:
             raise ControlError("already in a call")
         if not contact.direct and not self._in_room(contact.fingerprint):
@@ -531,7 +546,7 @@ class Handset:
         # one that offers nothing acceptable is closed after OFFER_WAIT_S
         self._offering.add(info)
         watchdog = asyncio.get_running_loop().call_later(
-            OFFER_WAIT_S, lambda: info.runner.stop() if self.call is not info else None
+            OFFER_WAIT_S, lambda: None if info.claimed else info.runner.stop()
         )
         if offer is not None and conn.on_message is not None:
             conn.on_message(offer)  # the offer that came over the room
@@ -540,7 +555,7 @@ class Handset:
         finally:
             watchdog.cancel()
             self._offering.discard(info)
-            if self.call is not info:
+            if not info.claimed:
                 # never became the call: say why it was refused (bad signature, not a
                 # contact, replayed offer...)
                 for ev in info.runner.engine.take_events():
@@ -553,6 +568,7 @@ class Handset:
             if info.runner.engine.session.live and self.call is None and self.dialing is None:
                 self._offering.discard(info)
                 self.call = info
+                info.claimed = True
                 pub = info.runner.engine.peer_identity
                 info.peer_name = info.peer_name or self._name_of(fingerprint(pub) if pub else None)
                 self._note("call", f"incoming call from {info.peer_name or 'an unknown caller'}")
@@ -562,10 +578,12 @@ class Handset:
         try:
             await runner.run()
         finally:
-            with contextlib.suppress(Exception):
-                await info.conn.aclose(runner.close_phrase())
+            # the call is over for the user now; the connection's closing period (three
+            # probe timeouts: seconds on a 800 ms link) is no reason to hold the handset
             if self.call is info:
                 self._end_call(info)
+            with contextlib.suppress(Exception):
+                await info.conn.aclose(runner.close_phrase())
 
     def _end_call(self, info: CallInfo) -> None:
         eng = info.runner.engine
@@ -704,7 +722,7 @@ class Handset:
             elif kind == "release" and not self._call_long:
                 if state is State.RINGING:
                     self.answer()
-                elif self.call is None and self.dialing is None:
+                elif (self.call is None or self._ended_call()) and self.dialing is None:
                     self.place_call()
         elif role == "hangup" and kind == "press":
             if self.call is not None or self.dialing is not None:

@@ -539,8 +539,9 @@ class WzpConnection(QuicConnectionProtocol):
             await asyncio.wait_for(self.wait_closed(), timeout)
         except TimeoutError:  # CONNECTION_CLOSE is out; the closing period is a courtesy
             log.debug("connection did not end within %.1f s of closing", timeout)
-        if self._owns_transport and self._transport is not None:
-            self._transport.close()
+        finally:  # cancelled too (a daemon stopping): the socket goes with the connection
+            if self._owns_transport and self._transport is not None:
+                self._transport.close()
 
     # ------------------------------------------------------------------ receiving API
 
