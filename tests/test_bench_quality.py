@@ -108,3 +108,64 @@ def test_pin_losses_are_checked_before_anything_runs(tmp_path: Path) -> None:
         assert result.returncode == 2, (bad, result.stderr)
         assert "--pin-losses wants whole percentages from 1 to 75" in result.stderr
         assert not out.exists()
+
+
+def _heard(speech48: np.ndarray, frame_ms: int, insert_after: int, insert_ms: int, skip: int):
+    """A listener's output as the call simulator records it: frames played one after the
+    other from t = 0.1 s, ``insert_ms`` of inserted concealment (noise) after frame
+    ``insert_after`` (the buffer grew: media time held still), frame ``skip`` dropped
+    (the buffer shrank: not played, the next frame follows at once)."""
+    from wzp.bench.callsim import CallResult
+    from wzp.media.playout import FrameFate, Played
+
+    per = frame_ms * 48
+    rng = np.random.default_rng(5)
+    chunks = [np.zeros(4800)]
+    played: list[Played] = []
+    at = 0.1
+    for i in range(len(speech48) // per):
+        if i == skip:
+            played.append(Played(i * frame_ms, frame_ms, at, FrameFate.SKIPPED))
+            continue
+        chunks.append(speech48[i * per : (i + 1) * per])
+        played.append(Played(i * frame_ms, frame_ms, at, FrameFate.DECODED))
+        at += frame_ms / 1000
+        if i == insert_after:
+            chunks.append(rng.normal(0, 30, insert_ms * 48))
+            played.append(Played((i + 1) * frame_ms, insert_ms, at, FrameFate.INSERTED))
+            at += insert_ms / 1000
+    result = CallResult(
+        output=np.concatenate(chunks), played=played, send_times={}, wire_bytes_fwd=0,
+        wire_bytes_rev=0, packets_fwd=0, duration_s=1.0, tiers_used={}, tier_changes=0,
+        sender_stats={}, receiver_drops={}, link_loss_fwd=0.0, recovered=0,
+    )  # fmt: skip
+    return result
+
+
+def test_on_the_media_timeline_a_grown_buffer_is_not_lost_speech_but_skipped_media_is() -> None:
+    """stoi_timeline: each played frame goes back to its media time. The 240 ms the buffer
+    inserted (a pause) drops out, the speech after it lines up again; a frame the buffer
+    skipped is silence where its speech was. One alignment of the whole output scores the
+    step as displaced speech."""
+    from wzp.bench.quality import _stoi, on_media_timeline
+    from wzp.bench.speech import load_speech, resample
+
+    raw, rate = load_speech(None)
+    ref = raw[: 6 * rate].astype(np.float64)
+    speech48 = resample(ref, rate, 48_000)
+    result = _heard(speech48, 60, insert_after=40, insert_ms=240, skip=70)
+    timeline = on_media_timeline(result, 0, 6000)
+    per = 60 * 48
+    # sample for sample what was heard, at its media time; the skipped frame is silent
+    assert np.array_equal(timeline[: 70 * per], speech48[: 70 * per])
+    assert not timeline[70 * per : 71 * per].any()
+    assert np.array_equal(timeline[71 * per : 100 * per], speech48[71 * per : 100 * per])
+    heard = result.output[4800:]
+    whole, on_time = _stoi(ref, rate, heard), _stoi(ref, rate, timeline)
+    assert whole is not None and on_time is not None
+    assert whole < 0.8 < 0.95 < on_time
+    # nothing is made up: with no step at all the two are the same number
+    plain = _heard(speech48, 60, insert_after=-1, insert_ms=0, skip=-1)
+    assert _stoi(ref, rate, plain.output[4800:]) == _stoi(
+        ref, rate, on_media_timeline(plain, 0, 6000)
+    )

@@ -52,6 +52,7 @@ AVERAGED = (
     "pesq_wb",
     "pesq_nb",
     "stoi",
+    "stoi_timeline",
     "residual_loss",
     "residual_plc_only",
     "delay_added_ms_p50",
@@ -162,6 +163,44 @@ def align_in_pieces(
     return out
 
 
+def on_media_timeline(result: CallResult, start_ms: int, speech_ms: int) -> np.ndarray:
+    """The heard audio put back on the media timeline, frame by frame (48 kHz).
+
+    Each frame that was played (decoded, recovered or concealed) is copied from where it
+    was heard to where its media time puts it; what the jitter buffer inserted to grow
+    (a pause: media time held still) is left out, and media it skipped to shrink stays
+    silent. Between two steps of the buffer the copy is the heard audio, sample for
+    sample. The benchmark's ``stoi_timeline``: STOI compares 384 ms stretches sample
+    aligned, so one alignment of the whole output scores everything after a step as
+    displaced; this says how intelligible the speech itself was. ``stoi`` keeps the one
+    alignment, as PESQ's utterance alignment is left to PESQ.
+    """
+    per_ms = SAMPLE_RATE // 1000
+    out = np.zeros(speech_ms * per_ms + SAMPLE_RATE // 2)
+    for p in result.played:
+        if p.fate in (FrameFate.INSERTED, FrameFate.SKIPPED):
+            continue
+        if not start_ms <= p.ts < start_ms + speech_ms:
+            continue
+        src = round(p.at * SAMPLE_RATE)
+        seg = result.output[src : src + p.duration_ms * per_ms]
+        dst = (p.ts - start_ms) * per_ms
+        seg = seg[: len(out) - dst]
+        out[dst : dst + len(seg)] = seg
+    return out
+
+
+def _stoi(ref: np.ndarray, ref_rate: int, out48: np.ndarray) -> float | None:
+    from pystoi import stoi
+
+    ref16 = resample(ref, ref_rate, 16_000) if ref_rate != 16_000 else ref.astype(np.float64)
+    deg16 = align_delay(ref16, resample(out48, SAMPLE_RATE, 16_000), 16_000, 0.4)
+    try:
+        return round(float(stoi(ref16, deg16, 16_000, extended=False)), 3)
+    except Exception:
+        return None
+
+
 def _scores(ref: np.ndarray, ref_rate: int, out48: np.ndarray) -> dict[str, float | None]:
     from pesq import pesq
     from pystoi import stoi
@@ -196,6 +235,8 @@ def _measure(
     out48 = result.output[max(0, lead) : max(0, lead) + n48 + SAMPLE_RATE // 2]
     scores = _scores(ref, ref_rate, out48.astype(np.float64))
     aligned = scores.pop("_aligned16")
+    # without a step of the buffer this is the same audio as ``stoi`` scores
+    scores["stoi_timeline"] = _stoi(ref, ref_rate, on_media_timeline(result, start_ms, speech_ms))
     due = len(played)
     fates: dict[str, int] = {}
     for p in played:
@@ -278,6 +319,10 @@ def run_quality(
             + " are the mean over the seeds (PESQ of a seed whose dominant tier is Codec2 "
             "is its PESQ-NB, as pesq_mode says per seed), per_seed lists each seed's; "
             "every target is checked on the means",
+            "stoi_timeline": "STOI of the heard audio put back on the media timeline frame "
+            "by frame (the jitter buffer's inserted pauses left out, skipped media silent); "
+            "stoi aligns the whole output once, so it scores the speech after a step of the "
+            "buffer as displaced. Targets read stoi",
             "one_way_delay_ms": ONE_WAY_DELAY_S * 1000,
             "warmup_s": WARMUP_S,
             "losses_pct": list(losses),
