@@ -724,3 +724,31 @@ async def test_closed_connection_refuses_quietly() -> None:
         with pytest.raises(ConnectionError):
             p.client.send_message(Ping(timestamp_ms=1))
         await _until(lambda: p.peer not in p.server.connections)
+
+
+async def test_port_unreachable_before_or_while_waiting_fails_the_wait_once() -> None:
+    """Several ICMP errors (one per retransmitted Initial), or one before anyone waits:
+    the wait fails with the refusal, and no failed future is left unread."""
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    try:
+        config = wq.make_configuration(Identity.generate(), True, "direct")
+        early = WzpConnection(wq._WzpQuicConnection(configuration=config))
+        early.error_received(ConnectionRefusedError(111, "Connection refused"))
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.wait_for(early.wait_established(), TIMEOUT)
+        waiting = WzpConnection(wq._WzpQuicConnection(configuration=config))
+        task = asyncio.ensure_future(waiting.wait_established())
+        await asyncio.sleep(0)
+        for _ in range(3):
+            waiting.error_received(ConnectionRefusedError(111, "Connection refused"))
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.wait_for(task, TIMEOUT)
+        assert early.counters.socket_errors == waiting.counters.socket_errors == 0
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert unretrieved == []

@@ -369,6 +369,8 @@ class WzpConnection(QuicConnectionProtocol):
         self._on_established: Callable[[WzpConnection], None] | None = None
         self._on_ended: Callable[[WzpConnection], None] | None = None
         self._established: asyncio.Future[None] | None = None
+        #: ICMP "port unreachable" before the handshake finished (a client only)
+        self._refused: ConnectionRefusedError | None = None
         self._keepalive_handle: asyncio.TimerHandle | None = None
         self._ping_uid = 0
         self._peer_fp: bytes | None = None
@@ -528,6 +530,8 @@ class WzpConnection(QuicConnectionProtocol):
             return
         if self._ended:
             raise ConnectionError(self.close_reason or "closed")
+        if self._refused is not None:
+            raise self._refused
         if self._established is None or self._established.done():
             self._established = self._loop.create_future()
         await self._established
@@ -622,11 +626,10 @@ class WzpConnection(QuicConnectionProtocol):
             log.debug("socket error on a connected wzp connection: %s", exc)
             return
         if isinstance(exc, ConnectionRefusedError):
-            if self._established is None or self._established.done():
-                self._established = self._loop.create_future()
-            self._established.set_exception(
-                ConnectionRefusedError("port unreachable: nothing listens there")
-            )
+            if self._refused is None:
+                self._refused = ConnectionRefusedError("port unreachable: nothing listens there")
+            if self._established is not None and not self._established.done():
+                self._established.set_exception(self._refused)
             return
         self.counters.socket_errors += 1
         log.debug("socket error during the handshake: %s", exc)
