@@ -752,3 +752,20 @@ async def test_port_unreachable_before_or_while_waiting_fails_the_wait_once() ->
     finally:
         loop.set_exception_handler(previous)
     assert unretrieved == []
+
+
+async def test_a_client_takes_answers_only_from_the_address_it_dialled() -> None:
+    """Why the dial's socket may be a connected one (the kernel then drops datagrams from
+    other addresses): aioquic's client drops them already (RFC 9000 section 9). Here the
+    caller dials 127.0.0.2 and the wildcard-bound server answers from 127.0.0.1, the
+    address its route picks: no handshake, connected socket or not."""
+    b = Identity.generate()
+    server = await serve_wzp("0.0.0.0", 0, b, lambda conn: None)
+    try:
+        with pytest.raises(TimeoutError):
+            await connect_wzp("127.0.0.2", server.port, Identity.generate(), timeout=1.0)
+        conn = await connect_wzp("127.0.0.1", server.port, Identity.generate())
+        assert conn.is_connected
+        await conn.aclose(timeout=0.5)
+    finally:
+        server.close()
