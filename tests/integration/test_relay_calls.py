@@ -337,3 +337,76 @@ async def test_a_full_duplex_handset_in_a_push_to_talk_room_takes_the_floor_to_s
         assert len(warned) == 1 and warned[0].levelno == logging.WARNING, warned
         line = next(ln for ln in format_status(a.h.status()).splitlines() if "relay" in ln)
         assert line.startswith(" ✗ relay") and 'mode = "half-duplex"' in line, line
+
+
+async def test_a_push_to_talk_collision_does_not_push_the_loser_up_the_ladder(
+    tmp_path: Path,
+) -> None:
+    """Both press PTT at once over a 300 ms round trip to the relay: one takes the floor,
+    the relay drops what the other sent until its handset learns (SPEC 8.4). That gap
+    in the loser's seqs is not the link's loss: told who holds the floor, the receiving
+    handset excuses it. Before, each collision read as a long run of loss and the burst
+    rule sent the loser to severe (83 kbit/s, a lower Opus rate) on a perfect link."""
+    from wzp.net.udpproxy import UdpLossyProxy
+    from wzp.relay.room import DROP_NOT_FLOOR_HOLDER
+    from wzp.sim.link import LinkConfig
+
+    ids = {"A": Identity.generate(), "B": Identity.generate()}
+    relay_id = Identity.generate()
+    rooms = {ROOM: RoomPolicy(allow=None, push_to_talk=True)}
+    server = RelayServer(
+        RelayConfig(listen=("127.0.0.1",), port=0, rooms=rooms), relay_id, control=False
+    )
+    await server.start()
+    far = LinkConfig(delay_s=0.15)  # each handset 150 ms from the relay
+    proxies = [UdpLossyProxy(("127.0.0.1", server.port), far, seed=n) for n in (1, 2)]
+    for proxy in proxies:
+        await proxy.start()
+    cards = {n: FakeCard() for n in "AB"}
+    for card in cards.values():
+        card.amplitude = 8000.0
+
+    def relay_kw(port: int) -> dict[str, object]:
+        return {"relay_address": ("127.0.0.1", port), "relay_fingerprint": relay_id.fingerprint,
+                "relay_room": ROOM}  # fmt: skip
+
+    b = await _box(
+        tmp_path, "b", ids["B"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=cards["B"].open),
+        {"alice": Contact("alice", ids["A"].fingerprint, "", 0)}, auto_answer_s=0.0,
+        **relay_kw(proxies[1].port),
+    )  # fmt: skip
+    a = await _box(
+        tmp_path, "a", ids["A"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=cards["A"].open),
+        {"bob": Contact("bob", ids["B"].fingerprint, "", 0)}, "bob",
+        **relay_kw(proxies[0].port),
+    )  # fmt: skip
+    try:
+        await until(lambda: bool(a.h.relay and b.h.relay and a.h.relay.joined
+                                 and b.h.relay.joined), 15)  # fmt: skip
+        await until(lambda: ids["B"].fingerprint in a.h.relay.members, 5)  # type: ignore[union-attr]
+        a.h.place_call()
+        await until(lambda: a.h.state_name() == "active" and b.h.state_name() == "active", 15)
+        await asyncio.sleep(2.0)
+        for _ in range(2):  # two collisions
+            a.h.set_ptt(True)
+            b.h.set_ptt(True)
+            await asyncio.sleep(1.5)
+            a.h.set_ptt(False)
+            b.h.set_ptt(False)
+            await asyncio.sleep(1.5)
+        drops = server.relay.counters.datagram_drops.get(DROP_NOT_FLOOR_HOLDER, 0)
+        assert drops >= 2  # the collisions happened: the relay dropped the losers' packets
+        for box in (a, b):  # then each talks alone
+            box.h.set_ptt(True)
+            await asyncio.sleep(2.0)
+            box.h.set_ptt(False)
+            await asyncio.sleep(1.0)
+        for box in (a, b):
+            call = box.h.status()["call"]
+            assert (call["tier"], call["tier_changes"]) == ("clear", 0), (box.name, call)
+    finally:
+        await a.h.stop()
+        await b.h.stop()
+        for proxy in proxies:
+            proxy.close()
+        await server.close()

@@ -222,3 +222,41 @@ def test_receiver_never_raises_on_garbage(datagrams: list[bytes]) -> None:
         header = MediaHeader(codec=i % 9, is_repair=bool(i % 2), symbol=i % 7, seq=i, ts=i * 20)
         rx.receive(header.encode() + d, 1.0 + i * 0.01)
         rx.pull(1.0 + i * 0.01)
+
+
+def test_what_a_push_to_talk_relay_dropped_is_not_the_links_loss(speech48: np.ndarray) -> None:
+    """Stream 5 presses PTT just as stream 9 takes the floor: the relay drops stream 5's
+    packets until it learns, a round trip later. The receiver, told by the relay who
+    holds the floor, excuses that gap (the sender's tier would climb on it otherwise);
+    a gap while stream 5 holds the floor itself is the link's and counts."""
+    clear = next(t for t in LADDER if t.name == "clear")
+    sender = MediaSender(clear, make_tier_encoder(), stream=5)
+    n = sender.frame_samples
+    datagrams = [d for i in range(0, 48_000 * 4, n) for d in sender.push_frame(speech48[i : i + n])]
+    assert len(datagrams) > 80
+    lost = range(30, 40)  # a collision: the relay dropped these
+    for told in (False, True):
+        rx = MediaReceiver(make_frame_decoder, None)
+        t = 0.0
+        for i, d in enumerate(datagrams[:60]):
+            if i == 20 and told:
+                rx.floor_changed(9)  # another member holds the floor
+            if i == 45 and told:
+                rx.floor_changed(None)  # it let go
+            if i not in lost:
+                rx.receive(d, t)
+            t += 0.03
+        pattern = rx.streams[5].pattern.pattern(t)
+        assert pattern is not None
+        if told:
+            assert rx.loss(t) == 0.0 and pattern.lost == 0
+        else:
+            assert rx.loss(t) == pytest.approx(10 / 60) and pattern.lost == 10
+    # stream 5 now holds the floor: what the link loses of it counts
+    rx.floor_changed(5)
+    for i, d in enumerate(datagrams[60:], start=60):
+        if i not in (70, 71):
+            rx.receive(d, t)
+        t += 0.03
+    pattern = rx.streams[5].pattern.pattern(t)
+    assert pattern is not None and pattern.lost == 2

@@ -104,6 +104,41 @@ def test_loss_window_scales_a_small_sample_down() -> None:
     assert MIN_LOSS_PACKETS <= 6
 
 
+def test_an_excused_gap_is_neither_loss_nor_a_run_and_later_loss_still_counts() -> None:
+    """A push-to-talk relay dropped 10 packets of a sender who lost a collision: with the
+    gap excused the window sees a clean link; the link's own losses afterwards count as
+    ever, across the seq wrap and with a late packet from inside the excused gap."""
+    start = 65_500  # the gap straddles the u16 wrap
+    seqs = [(start + i) % 65_536 for i in range(120)]
+    for excuse in (False, True):
+        w = LossWindow(window_s=10.0)
+        t = 0.0
+        for i, seq in enumerate(seqs):
+            if 40 <= i < 50:
+                continue  # dropped by the relay
+            w.add(seq, t, excuse_gap=excuse and i == 50)
+            t += 0.05
+        pattern = w.pattern(t)
+        assert pattern is not None
+        if excuse:
+            assert w.loss(t) == 0.0 and (pattern.lost, pattern.runs) == (0, 0)
+            assert pattern.expected == 110
+        else:
+            assert w.loss(t) == pytest.approx(10 / 120)
+            assert (pattern.lost, pattern.runs) == (10, 1)
+    # w is the excusing one: a late copy of a dropped seq is no new packet or loss,
+    w.add(seqs[45], t)
+    assert w.loss(t) == 0.0
+    # a gap it is not told to excuse (the link's) counts
+    for i in range(120, 140):
+        if i not in (125, 126, 127):
+            w.add((start + i) % 65_536, t)
+        t += 0.05
+    pattern = w.pattern(t)
+    assert pattern is not None and (pattern.lost, pattern.runs) == (3, 1)
+    assert w.loss(t) == pytest.approx(3 / 130)
+
+
 def test_unwrapper_wraps() -> None:
     u = Unwrapper(16)
     seqs = (65534, 65535, 0, 1, 65535, 2)

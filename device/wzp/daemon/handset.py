@@ -464,6 +464,8 @@ class Handset:
         engine = info.runner.engine
         engine.set_streams(self.relay.slot or 0, self.relay.slot_of(ch.peer_fingerprint))
         ch.on_slots = engine.set_streams
+        engine.set_floor(self.relay.floor)
+        ch.on_floor = engine.set_floor
 
     def _relay_offer(self, sender: bytes, offer: sig.CallOffer) -> None:
         """A member of the room calls: ring (or refuse) as for a direct call."""

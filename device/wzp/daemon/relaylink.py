@@ -80,6 +80,8 @@ class RoomChannel:
         self.detached = False
         #: told (my slot, the peer's slot) after every RoomUpdate: a rejoin may change them
         self.on_slots: Callable[[int, int | None], None] | None = None
+        #: told the slot holding the floor (None: free) on every Floor of the relay
+        self.on_floor: Callable[[int | None], None] | None = None
 
     @property
     def rtt(self) -> float | None:
@@ -293,6 +295,9 @@ class RelayLink:
         if isinstance(msg, sig.Floor):
             self.floor = msg.slot
             self.push_to_talk = True
+            for ch in list(self.channels.values()):
+                if ch.on_floor is not None:
+                    ch.on_floor(msg.slot)
             self._changed()
             return
         if isinstance(msg, sig.Error) and getattr(msg, "from_", None) is None:

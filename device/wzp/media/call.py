@@ -176,6 +176,8 @@ class CallEngine:
         self.relayed = relayed
         self.media_stream = 0
         self.peer_streams: frozenset[int] | None = frozenset({0})
+        #: who holds the floor of a push-to-talk room (set_floor); None: free, or no room
+        self.floor: int | None = None
         self._epoch_started = 0.0
         self.rtt_ms = 0.0
 
@@ -223,6 +225,13 @@ class CallEngine:
         if self.media is not None:
             self.media.sender.stream = mine
             self.media.receiver.streams_allowed = self.peer_streams
+
+    def set_floor(self, slot: int | None) -> None:
+        """A push-to-talk room's relay says who holds the floor (None: free); the
+        receiver tells the relay's drops from the link's loss by it."""
+        self.floor = slot
+        if self.media is not None:
+            self.media.receiver.floor_changed(slot)
 
     def _event(self, now: float, kind: str, detail: str = "") -> None:
         self.events.append(CallEvent(now, kind, self.session.state, detail))
@@ -520,6 +529,7 @@ class CallEngine:
             streams_allowed=self.peer_streams,
         )
         self.media.rtt_ms = self.rtt_ms
+        self.media.receiver.floor_changed(self.floor)
         self._msg_heard_at = now
         self._event(now, "state", "in call")
 

@@ -11,6 +11,7 @@ the device cannot afford are forbidden from outside.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -55,6 +56,11 @@ MIN_LOSS_SAMPLE = 20
 MIN_LOSS_PACKETS = 4
 
 
+#: excused gaps remembered for placing late (reordered) packets; older ones only matter
+#: to a packet later than any jitter buffer keeps
+MAX_EXCUSED_GAPS = 16
+
+
 class LossWindow:
     """Loss before FEC over the packets of the last ``window_s`` seconds.
 
@@ -62,6 +68,11 @@ class LossWindow:
     = distinct seqs in it. A late packet still counts as received. No estimate (None)
     under ``MIN_LOSS_PACKETS``; under ``full_sample`` packets the estimate is scaled
     down in proportion (see :data:`MIN_LOSS_SAMPLE`).
+
+    A gap the caller knows is not the link's (``add(..., excuse_gap=True)``: a
+    push-to-talk relay dropped what the sender sent while another member held the
+    floor) is closed up: the seqs after it count as if it had not been there, so it is
+    neither loss nor a run of losses.
     """
 
     def __init__(self, window_s: float = 3.0, full_sample: int = MIN_LOSS_SAMPLE) -> None:
@@ -69,10 +80,23 @@ class LossWindow:
         self.full_sample = full_sample
         self._unwrap = Unwrapper(16)
         self._events: deque[tuple[float, int]] = deque()
+        self._top: int | None = None  # the highest extended seq seen
+        #: (first seq after an excused gap, seqs excused below it), ascending
+        self._cuts: deque[tuple[int, int]] = deque(maxlen=MAX_EXCUSED_GAPS)
 
-    def add(self, seq: int, now: float) -> None:
-        self._events.append((now, self._unwrap.extend(seq)))
+    def add(self, seq: int, now: float, excuse_gap: bool = False) -> None:
+        raw = self._unwrap.extend(seq)
+        if excuse_gap and self._top is not None and raw > self._top + 1:
+            below = self._cuts[-1][1] if self._cuts else 0
+            self._cuts.append((raw, below + raw - self._top - 1))
+        if self._top is None or raw > self._top:
+            self._top = raw
+        self._events.append((now, raw - self._excused_below(raw)))
         self._trim(now)
+
+    def _excused_below(self, raw: int) -> int:
+        i = bisect_right(self._cuts, (raw, float("inf"))) - 1
+        return self._cuts[i][1] if i >= 0 else 0
 
     def _trim(self, now: float) -> None:
         cutoff = now - self.window_s

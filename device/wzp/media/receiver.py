@@ -78,11 +78,15 @@ class StreamReceiver:
         self.sender_shape: tuple[int, int, int, int] | None = None
         self.shape_since = 0.0
 
-    def on_packet(self, header: MediaHeader, payload: bytes, now: float) -> None:
+    def on_packet(
+        self, header: MediaHeader, payload: bytes, now: float, excuse_gap: bool = False
+    ) -> None:
+        """One authenticated packet. ``excuse_gap``: a gap in the seqs before it is not
+        the link's loss (see :meth:`MediaReceiver.floor_changed`)."""
         self.packets += 1
         self.last_arrival = now
-        self.loss.add(header.seq, now)
-        self.pattern.add(header.seq, now)
+        self.loss.add(header.seq, now, excuse_gap)
+        self.pattern.add(header.seq, now, excuse_gap)
         # the playout's FEC wait reacts to the first loss seen (or its absence): a lost
         # syllable at the start of a call hurts more than a noisy estimate
         loss = self.loss.loss(now, raw=True)
@@ -195,6 +199,26 @@ class MediaReceiver:
         self.logs: dict[int, list[Played]] = {}
         #: when the last datagram that passed authentication arrived (None: none yet)
         self.last_heard: float | None = None
+        #: the slot holding the floor of a push-to-talk room, as the relay last said
+        self.floor: int | None = None
+        #: streams whose sender another member has held the floor against since their
+        #: last packet (see floor_changed)
+        self._floor_elsewhere: set[int] = set()
+
+    def floor_changed(self, slot: int | None) -> None:
+        """The relay of a push-to-talk room says who holds the floor now (None: free).
+
+        The relay drops whatever another member sends meanwhile (SPEC 8.4). A sender
+        that pressed PTT just as someone else took the floor (a collision) only learns
+        of it a round trip later, and its packets of that moment never come: a gap in
+        its seqs that is not the link's loss, which would otherwise push its tier up
+        (the burst rule reads it as one long run). So the first gap in such a stream's
+        seqs after another member held the floor is excused; its gaps while it holds
+        the floor itself count as ever.
+        """
+        self.floor = slot
+        if slot is not None:
+            self._floor_elsewhere.update(sid for sid in self.streams if sid != slot)
 
     def stream(self, sid: int) -> StreamReceiver:
         rx = self.streams.get(sid)
@@ -232,7 +256,10 @@ class MediaReceiver:
         if dg.report is not None:
             self.last_report = dg.report
             self.reports_received += 1
-        self.stream(hdr.stream).on_packet(hdr, payload, now)
+        excuse = hdr.stream in self._floor_elsewhere
+        if excuse and self.floor in (None, hdr.stream):
+            self._floor_elsewhere.discard(hdr.stream)
+        self.stream(hdr.stream).on_packet(hdr, payload, now, excuse)
         return None
 
     def pull(self, now: float) -> np.ndarray:
