@@ -60,6 +60,7 @@ metrics = "127.0.0.1:9464"
 allow = ["{FP_A.hex()}", "{Identity.from_seed(bytes([2]) * 32).fingerprint_text}"]
 max_members = 3
 push_to_talk = true
+max_floor_s = 90.5
 
 [rooms.lobby-2]
 allow = "open"
@@ -72,9 +73,10 @@ allow = "open"
     assert cfg.max_pending == 10 and cfg.metrics == ("127.0.0.1", 9464)
     porch = cfg.rooms["porch"]
     assert porch.allow == frozenset({FP_A, FP_B})
-    assert porch.max_members == 3 and porch.push_to_talk
+    assert porch.max_members == 3 and porch.push_to_talk and porch.max_floor_s == 90.5
     lobby = cfg.rooms["lobby-2"]
     assert lobby.is_open and lobby.max_members == 8 and not lobby.push_to_talk
+    assert lobby.max_floor_s == 60.0
 
 
 @pytest.mark.parametrize(
@@ -103,6 +105,9 @@ allow = "open"
         ('[rooms.porch]\nallow = "open"\nmax_members = 0', 3, "rooms.porch.max_members", "1..255"),
         ('[rooms.porch]\nallow = "open"\nmax_members = 256', 3, "rooms.porch.max_members", ""),
         ('[rooms.porch]\nallow = "open"\npush_to_talk = 1', 3, "rooms.porch.push_to_talk", "true"),
+        ('[rooms.porch]\nallow = "open"\nmax_floor_s = -1', 3, "rooms.porch.max_floor_s", "3600"),
+        ('[rooms.porch]\nallow = "open"\nmax_floor_s = nan', 3, "rooms.porch.max_floor_s", "0.."),
+        ('[rooms.porch]\nallow = "open"\nmax_floor_s = "60"', 3, "rooms.porch.max_floor_s", ""),
         (
             '[rooms.porch]\nallow = "open"\nmax_member = 2',
             3,
@@ -184,7 +189,7 @@ def test_template_lists_every_key_with_its_true_default() -> None:
     assert set(cfg.rooms) == {"porch"}
     porch = cfg.rooms["porch"]
     assert not porch.is_open and len(porch.allow or ()) == 2
-    assert (porch.max_members, porch.push_to_talk) == (8, False)
+    assert (porch.max_members, porch.push_to_talk, porch.max_floor_s) == (8, False, 60.0)
     assert RelayConfig(**{**cfg.__dict__, "rooms": {}}) == RelayConfig()
 
 

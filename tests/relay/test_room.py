@@ -27,6 +27,8 @@ from wzp.proto.signal import (
     decode,
 )
 from wzp.relay.room import (
+    DEFAULT_MAX_FLOOR_S,
+    FLOOR_LOCKOUT_S,
     FLOOR_RELEASE_S,
     JOIN_TIMEOUT_S,
     Close,
@@ -413,6 +415,51 @@ def test_floor_passes_on_without_a_tick_once_the_holder_is_quiet() -> None:
     result = relay.on_datagram("b", packet(2), FLOOR_RELEASE_S)
     assert isinstance(result, Forward)
     assert [a.msg for a in result.actions if a.conn == "a"] == [Floor(slot=None), Floor(slot=2)]
+
+
+def test_nobody_holds_the_floor_past_max_floor_s() -> None:
+    """A stuck microphone, or a member sending noise the relay cannot tell from speech
+    (it cannot decrypt), would keep a push-to-talk room silent. At max_floor_s the floor
+    is freed (Floor null to all) and the holder is kept off it for FLOOR_LOCKOUT_S: the
+    others can take it; after the lockout the holder may take a free floor again."""
+    assert DEFAULT_MAX_FLOOR_S == 60.0 and RoomPolicy().max_floor_s == DEFAULT_MAX_FLOOR_S
+    relay = porch(push_to_talk=True, max_floor_s=30.0)
+    seat(relay, "a", ALICE)
+    seat(relay, "b", BOB)
+    t, seq = 0.0, 0
+    while t < 30.0:  # a talks without a pause; b is refused all along
+        assert isinstance(relay.on_datagram("a", packet(1, seq), t), Forward)
+        assert relay.tick(t) == []
+        if seq % 25 == 0:
+            assert relay.on_datagram("b", packet(2, seq), t) == Dropped("not-floor-holder")
+        t, seq = t + 0.06, seq + 1
+    freed = relay.tick(t)
+    assert sorted((a.conn, a.msg) for a in freed) == [(c, Floor(slot=None)) for c in "ab"]
+    assert relay.counters.floor_timeouts == 1
+    # a, still sending, is kept off; b takes the floor
+    assert relay.on_datagram("a", packet(1, seq), t + 0.05) == Dropped("floor-timeout")
+    taken = relay.on_datagram("b", packet(2, seq), t + 0.5)
+    assert isinstance(taken, Forward) and {x.msg for x in taken.actions} == {Floor(slot=2)}
+    assert relay.on_datagram("a", packet(1, seq + 1), t + 1.0) == Dropped("floor-timeout")
+    # b stops; once the lockout is over a may take the free floor again
+    assert relay.tick(t + 0.5 + FLOOR_RELEASE_S) != []
+    assert relay.on_datagram("a", packet(1, seq + 2), t + FLOOR_LOCKOUT_S - 0.01) == Dropped(
+        "floor-timeout"
+    )
+    again = relay.on_datagram("a", packet(1, seq + 3), t + FLOOR_LOCKOUT_S)
+    assert isinstance(again, Forward) and {x.msg for x in again.actions} == {Floor(slot=1)}
+    # keep-alives were never held: they carry reports while a member is silent
+    assert isinstance(relay.on_datagram("b", packet(2, seq, body=16), t + 3.1), Forward)
+    # no limit with 0
+    relay = porch(push_to_talk=True, max_floor_s=0)
+    seat(relay, "a", ALICE)
+    for i in range(2000):
+        assert isinstance(relay.on_datagram("a", packet(1, i), i * 0.06), Forward)
+        assert relay.tick(i * 0.06) == []
+    assert relay.counters.floor_timeouts == 0
+    for bad in (-1, 3601, True):
+        with pytest.raises(ValueError, match="max_floor_s"):
+            RoomPolicy(max_floor_s=bad)  # type: ignore[arg-type]
 
 
 def test_floor_is_released_when_the_holder_leaves() -> None:

@@ -17,6 +17,7 @@ Example::
     allow = ["0123:4567:89ab:cdef:0123:4567:89ab:cdef", "..."]   # or allow = "open"
     max_members = 8
     push_to_talk = false
+    max_floor_s = 60                  # push-to-talk: longest hold of the floor (0: none)
 
 Every top-level key is optional (defaults above). ``metrics`` is off by default: the
 metrics name rooms and member fingerprints, so the operator chooses where they are
@@ -24,7 +25,9 @@ served (a loopback address for a local Prometheus or an SSH tunnel).
 
 In ``[rooms.NAME]``, NAME follows SPEC 8.1 (1-63 characters of a-z, 0-9 and -), ``allow``
 is required (a list of fingerprints, with or without colons, or ``"open"``),
-``max_members`` is 1..255 (default 8), ``push_to_talk`` a boolean (default false). Every
+``max_members`` is 1..255 (default 8), ``push_to_talk`` a boolean (default false),
+``max_floor_s`` 0..3600 seconds (default 60; 0: no limit): in a push-to-talk room the
+longest a member holds the floor at a time, after which the others get 3 s to take it. Every
 problem is reported at once, each naming the file, the line and the key
 (:class:`wzp.daemon.config.ConfigErrors`).
 """
@@ -52,6 +55,7 @@ from wzp.daemon.config import (
 from wzp.daemon.startup import EXIT_CONFIG  # the handset's, for the same unit setting
 
 from .room import (
+    DEFAULT_MAX_FLOOR_S,
     DEFAULT_MAX_MEMBERS,
     DEFAULT_MAX_PENDING,
     MAX_SLOT,
@@ -92,7 +96,7 @@ TOP_KEYS = (
     "rooms",
 )
 MAX_PENDING_LIMIT = 65535
-ROOM_KEYS = ("allow", "max_members", "push_to_talk")
+ROOM_KEYS = ("allow", "max_members", "push_to_talk", "max_floor_s")
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,12 @@ def _allow(value: object) -> frozenset[bytes] | None:
     return frozenset(fps)
 
 
+def _max_floor(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 3600:
+        raise ValueError(f"must be a number of seconds 0..3600 (0: no limit), got {_show(value)}")
+    return float(value)
+
+
 def _max_members(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SLOT:
         raise ValueError(f"must be a number 1..{MAX_SLOT}, got {_show(value)}")
@@ -278,7 +288,12 @@ def _parse_room(errs: _Errors, name: str, table: object) -> RoomPolicy | None:
         errs.add(where, f"must be a table ([rooms.{name}]), got {_show(table)}")
         return None
     values: dict[str, Any] = {}
-    checks = {"allow": _allow, "max_members": _max_members, "push_to_talk": _bool}
+    checks = {
+        "allow": _allow,
+        "max_members": _max_members,
+        "push_to_talk": _bool,
+        "max_floor_s": _max_floor,
+    }
     for key, value in table.items():
         check = checks.get(key)
         if check is None:
@@ -302,6 +317,7 @@ def _parse_room(errs: _Errors, name: str, table: object) -> RoomPolicy | None:
         allow=values["allow"],
         max_members=values.get("max_members", DEFAULT_MAX_MEMBERS),
         push_to_talk=values.get("push_to_talk", False),
+        max_floor_s=values.get("max_floor_s", DEFAULT_MAX_FLOOR_S),
     )
 
 

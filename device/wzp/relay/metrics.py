@@ -34,7 +34,8 @@ and, for copies a member's send buffer could not take, ``send-buffer-full``)::
     wzp_relay_dropped_bytes_total{reason}
     wzp_relay_messages_received_total, wzp_relay_messages_forwarded_total
     wzp_relay_messages_dropped_total{reason}, wzp_relay_forged_from_total
-    wzp_relay_floor_changes_total, wzp_relay_send_errors_total
+    wzp_relay_floor_changes_total, wzp_relay_floor_timeouts_total,
+    wzp_relay_send_errors_total
     wzp_relay_member_packets_total{room,slot,fingerprint}   (and _bytes_total, _dropped_total)
     wzp_relay_member_loss_ratio{room,slot,fingerprint}      from the member's last report
     wzp_relay_member_rtt_seconds{...}, wzp_relay_member_jitter_seconds{...}
@@ -186,6 +187,11 @@ class RelayCollector(Collector):
             c.forged_from,
         )
         yield _counter("wzp_relay_floor_changes", "Push-to-talk floor changes", c.floor_changes)
+        yield _counter(
+            "wzp_relay_floor_timeouts",
+            "Push-to-talk floors freed because the holder reached max_floor_s",
+            c.floor_timeouts,
+        )
         yield _counter(
             "wzp_relay_send_errors", "Messages that could not be sent", self._send_errors()
         )

@@ -22,7 +22,10 @@ opaque, hashable ``conn`` id that the edge chooses.
 * Push-to-talk rooms: the first member to send a valid packet takes the floor; it is
   released :data:`FLOOR_RELEASE_S` after the holder's last packet (found by
   :meth:`Relay.tick`, or by the next packet of another member), or when the holder
-  leaves. Every change sends ``Floor`` (slot or ``null``) to every member.
+  leaves. Every change sends ``Floor`` (slot or ``null``) to every member. A member
+  holds it :attr:`RoomPolicy.max_floor_s` at most at a time (60 s by default): then it
+  is freed (by :meth:`Relay.tick`) and that member's packets are dropped
+  (``floor-timeout``) for :data:`FLOOR_LOCKOUT_S`, so the others can take it.
 * :meth:`Relay.on_message`: ``Ping`` is answered with ``Pong``; a message with a ``to``
   field goes to that member only, with ``from`` set to the sender's fingerprint (a
   forged ``from`` is overwritten and counted); anything else from a member is dropped
@@ -88,6 +91,13 @@ ROOM_NAME_RE = re.compile(r"[a-z0-9-]{1,63}")
 JOIN_TIMEOUT_S = 10.0
 #: Push-to-talk: the floor is free again this long after the holder's last packet.
 FLOOR_RELEASE_S = 0.5
+#: Push-to-talk: a member holds the floor this long at most at a time (a radio's
+#: time-out timer): then the floor is freed and the holder's packets are dropped for
+#: FLOOR_LOCKOUT_S, so that the others can answer. A stuck microphone, a runaway or a
+#: hostile member (the relay cannot tell speech from noise: it cannot decrypt) cannot
+#: keep the room silent. 0: no limit.
+DEFAULT_MAX_FLOOR_S = 60.0
+FLOOR_LOCKOUT_S = 3.0
 MAX_SLOT = 255
 DEFAULT_MAX_MEMBERS = 8
 #: connections that have not joined yet, at most, relay-wide; more are refused ("busy")
@@ -97,6 +107,7 @@ DROP_NOT_MEMBER = "not-a-member"
 DROP_MALFORMED = "malformed"
 DROP_WRONG_STREAM = "wrong-stream"
 DROP_NOT_FLOOR_HOLDER = "not-floor-holder"
+DROP_FLOOR_TIMEOUT = "floor-timeout"
 #: the body of an encrypted keep-alive: the 16-byte ChaCha20-Poly1305 tag of an empty payload
 KEEPALIVE_BODY = 16
 
@@ -121,10 +132,14 @@ class RoomPolicy:
     allow: frozenset[bytes] | None = None
     max_members: int = DEFAULT_MAX_MEMBERS
     push_to_talk: bool = False
+    #: push-to-talk: the longest a member holds the floor at a time (0: no limit)
+    max_floor_s: float = DEFAULT_MAX_FLOOR_S
 
     def __post_init__(self) -> None:
         if isinstance(self.max_members, bool) or not 1 <= self.max_members <= MAX_SLOT:
             raise ValueError(f"max_members must be 1..{MAX_SLOT}, got {self.max_members!r}")
+        if isinstance(self.max_floor_s, bool) or not 0 <= self.max_floor_s <= 3600:
+            raise ValueError(f"max_floor_s must be 0..3600, got {self.max_floor_s!r}")
         if self.allow is not None:
             allow = frozenset(bytes(fp) for fp in self.allow)
             if any(len(fp) != FINGERPRINT_LEN for fp in allow):
@@ -209,6 +224,8 @@ class RelayCounters:
     """Routed messages whose ``from`` was not the sender's fingerprint (overwritten)."""
     pongs_sent: int = 0
     floor_changes: int = 0
+    floor_timeouts: int = 0
+    """Floors freed because their holder reached the room's max_floor_s."""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -246,6 +263,10 @@ class Room:
     """By fingerprint (lowercase hex, as in ``to``)."""
     floor: int | None = None
     floor_last: float = 0.0
+    floor_since: float = 0.0  # when the holder took it
+    #: the slot whose hold reached max_floor_s, kept off the floor until locked_until
+    locked: int | None = None
+    locked_until: float = 0.0
     conns: tuple[ConnId, ...] = ()
     """Every member's connection, in slot order."""
 
@@ -498,6 +519,7 @@ class Relay:
     def _set_floor(self, room: Room, slot: int | None, now: float) -> list[Action]:
         room.floor = slot
         room.floor_last = now
+        room.floor_since = now
         self.counters.floor_changes += 1
         return [Send(c, Floor(slot=slot)) for c in room.conns]
 
@@ -522,6 +544,8 @@ class Relay:
         # takes nor holds the floor of a push-to-talk room
         keepalive = not parsed.header.is_repair and len(parsed.body) <= KEEPALIVE_BODY
         if room.policy.push_to_talk and not keepalive:
+            if room.locked == member.slot and now < room.locked_until:
+                return self._drop(DROP_FLOOR_TIMEOUT, member, len(data))
             if room.floor is None:
                 actions = tuple(self._set_floor(room, member.slot, now))
             elif room.floor != member.slot:
@@ -608,6 +632,13 @@ class Relay:
             actions.append(Send(conn, Error(code="join-timeout", message="no Join within 10 s")))
             actions.append(Close(conn, "join-timeout"))
         for room in self.rooms.values():
-            if room.floor is not None and now - room.floor_last >= FLOOR_RELEASE_S:
+            if room.floor is None:
+                continue
+            limit = room.policy.max_floor_s
+            if limit and now - room.floor_since >= limit:
+                room.locked, room.locked_until = room.floor, now + FLOOR_LOCKOUT_S
+                self.counters.floor_timeouts += 1
+                actions.extend(self._set_floor(room, None, now))
+            elif now - room.floor_last >= FLOOR_RELEASE_S:
                 actions.extend(self._set_floor(room, None, now))
         return actions
