@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -210,10 +211,14 @@ async def test_a_dead_path_to_the_relay_is_noticed_and_rejoined(
 
 @contextlib.asynccontextmanager
 async def _ptt_room_call(
-    tmp_path: Path, a_amplitude: float
-) -> AsyncIterator[tuple[Box, Box, dict[str, FakeCard]]]:
-    """A push-to-talk room; A (full duplex, its microphone at ``a_amplitude``) calls B
-    (who answers at once and knows A as "alice") through it: yields once the call is on."""
+    tmp_path: Path, a_amplitude: float, a_mode: str = "full-duplex", one_way_s: float = 0.0
+) -> AsyncIterator[tuple[Box, Box, dict[str, FakeCard], RelayServer]]:
+    """A push-to-talk room; A (``a_mode``, its microphone at ``a_amplitude``) calls B
+    (who answers at once and knows A as "alice") through it: yields once the call is on.
+    ``one_way_s``: each handset reaches the relay through its own delaying proxy."""
+    from wzp.net.udpproxy import UdpLossyProxy
+    from wzp.sim.link import LinkConfig
+
     ids = {"A": Identity.generate(), "B": Identity.generate()}
     relay_id = Identity.generate()
     rooms = {ROOM: RoomPolicy(allow=None, push_to_talk=True)}
@@ -221,41 +226,53 @@ async def _ptt_room_call(
         RelayConfig(listen=("127.0.0.1",), port=0, rooms=rooms), relay_id, control=False
     )
     await server.start()
-    relay_kw = {
-        "relay_address": ("127.0.0.1", server.port),
-        "relay_fingerprint": relay_id.fingerprint,
-        "relay_room": ROOM,
-    }
+    proxies: list[UdpLossyProxy] = []
+    ports = {n: server.port for n in "AB"}
+    if one_way_s:
+        for n, seed in (("A", 1), ("B", 2)):
+            proxy = UdpLossyProxy(("127.0.0.1", server.port), LinkConfig(delay_s=one_way_s),
+                                  seed=seed)  # fmt: skip
+            await proxy.start()
+            proxies.append(proxy)
+            ports[n] = proxy.port
+
+    def relay_kw(n: str) -> dict[str, Any]:
+        return {"relay_address": ("127.0.0.1", ports[n]),
+                "relay_fingerprint": relay_id.fingerprint, "relay_room": ROOM}  # fmt: skip
+
     cards = {n: FakeCard() for n in "AB"}
     cards["A"].amplitude = a_amplitude
     cards["B"].amplitude = 8000.0
     b = await _box(
         tmp_path, "b", ids["B"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=cards["B"].open),
-        {"alice": Contact("alice", ids["A"].fingerprint, "", 0)}, auto_answer_s=0.0, **relay_kw,
+        {"alice": Contact("alice", ids["A"].fingerprint, "", 0)}, auto_answer_s=0.0,
+        **relay_kw("B"),
     )  # fmt: skip
     a = await _box(
         tmp_path, "a", ids["A"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=cards["A"].open),
         {"bob": Contact("bob", ids["B"].fingerprint, "", 0)}, "bob",
-        mode="full-duplex", **relay_kw,
+        mode=a_mode, **relay_kw("A"),
     )  # fmt: skip
     try:
         await until(
-            lambda: bool(a.h.relay and b.h.relay and a.h.relay.joined and b.h.relay.joined), 10
+            lambda: bool(a.h.relay and b.h.relay and a.h.relay.joined and b.h.relay.joined), 15
         )
         await until(lambda: ids["B"].fingerprint in a.h.relay.members, 5)  # type: ignore[union-attr]
         a.h.place_call()
         await until(lambda: a.h.state_name() == "active" and b.h.state_name() == "active", 15)
-        yield a, b, cards
+        yield a, b, cards, server
     finally:
         await a.h.stop()
         await b.h.stop()
+        for proxy in proxies:
+            proxy.close()
         await server.close()
 
 
 async def test_push_to_talk_room_floor(tmp_path: Path) -> None:
     """In a push-to-talk room the first member to send holds the floor: the other's PTT
     waits (nothing sent, said in status) until the floor is free, then takes it."""
-    async with _ptt_room_call(tmp_path, a_amplitude=8000.0) as (a, b, _cards):
+    async with _ptt_room_call(tmp_path, a_amplitude=8000.0) as (a, b, _cards, _relay):
         # A (full duplex, open microphone) talks first and holds the floor
         await until(lambda: b.h.relay.floor == a.h.relay.slot, 5, "A's floor")  # type: ignore[union-attr]
         b.h.set_ptt(True)
@@ -324,7 +341,7 @@ async def test_a_full_duplex_handset_in_a_push_to_talk_room_takes_the_floor_to_s
     """A full-duplex handset's microphone is always open: in a push-to-talk room it would
     hold the floor all call. It sends only while it hears speech, so the others can talk
     in its pauses; it warns once that its mode does not suit the room."""
-    async with _ptt_room_call(tmp_path, a_amplitude=0.0) as (a, b, cards):
+    async with _ptt_room_call(tmp_path, a_amplitude=0.0) as (a, b, cards, _relay):
         await asyncio.sleep(1.5)
         # silent: A's open microphone does not take the floor
         assert a.h.relay.floor is None and not a.h.call.runner.talking  # type: ignore[union-attr]
@@ -347,45 +364,11 @@ async def test_a_push_to_talk_collision_does_not_push_the_loser_up_the_ladder(
     in the loser's seqs is not the link's loss: told who holds the floor, the receiving
     handset excuses it. Before, each collision read as a long run of loss and the burst
     rule sent the loser to severe (83 kbit/s, a lower Opus rate) on a perfect link."""
-    from wzp.net.udpproxy import UdpLossyProxy
     from wzp.relay.room import DROP_NOT_FLOOR_HOLDER
-    from wzp.sim.link import LinkConfig
 
-    ids = {"A": Identity.generate(), "B": Identity.generate()}
-    relay_id = Identity.generate()
-    rooms = {ROOM: RoomPolicy(allow=None, push_to_talk=True)}
-    server = RelayServer(
-        RelayConfig(listen=("127.0.0.1",), port=0, rooms=rooms), relay_id, control=False
-    )
-    await server.start()
-    far = LinkConfig(delay_s=0.15)  # each handset 150 ms from the relay
-    proxies = [UdpLossyProxy(("127.0.0.1", server.port), far, seed=n) for n in (1, 2)]
-    for proxy in proxies:
-        await proxy.start()
-    cards = {n: FakeCard() for n in "AB"}
-    for card in cards.values():
-        card.amplitude = 8000.0
-
-    def relay_kw(port: int) -> dict[str, object]:
-        return {"relay_address": ("127.0.0.1", port), "relay_fingerprint": relay_id.fingerprint,
-                "relay_room": ROOM}  # fmt: skip
-
-    b = await _box(
-        tmp_path, "b", ids["B"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=cards["B"].open),
-        {"alice": Contact("alice", ids["A"].fingerprint, "", 0)}, auto_answer_s=0.0,
-        **relay_kw(proxies[1].port),
-    )  # fmt: skip
-    a = await _box(
-        tmp_path, "a", ids["A"], AudioDevice("hw:CARD=X", "hw:CARD=X", pcm_open=cards["A"].open),
-        {"bob": Contact("bob", ids["B"].fingerprint, "", 0)}, "bob",
-        **relay_kw(proxies[0].port),
-    )  # fmt: skip
-    try:
-        await until(lambda: bool(a.h.relay and b.h.relay and a.h.relay.joined
-                                 and b.h.relay.joined), 15)  # fmt: skip
-        await until(lambda: ids["B"].fingerprint in a.h.relay.members, 5)  # type: ignore[union-attr]
-        a.h.place_call()
-        await until(lambda: a.h.state_name() == "active" and b.h.state_name() == "active", 15)
+    async with _ptt_room_call(tmp_path, 8000.0, "half-duplex", one_way_s=0.15) as (
+        a, b, _cards, server,
+    ):  # fmt: skip
         await asyncio.sleep(2.0)
         for _ in range(2):  # two collisions
             a.h.set_ptt(True)
@@ -404,9 +387,3 @@ async def test_a_push_to_talk_collision_does_not_push_the_loser_up_the_ladder(
         for box in (a, b):
             call = box.h.status()["call"]
             assert (call["tier"], call["tier_changes"]) == ("clear", 0), (box.name, call)
-    finally:
-        await a.h.stop()
-        await b.h.stop()
-        for proxy in proxies:
-            proxy.close()
-        await server.close()
