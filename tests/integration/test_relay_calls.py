@@ -211,7 +211,11 @@ async def test_a_dead_path_to_the_relay_is_noticed_and_rejoined(
 
 @contextlib.asynccontextmanager
 async def _ptt_room_call(
-    tmp_path: Path, a_amplitude: float, a_mode: str = "full-duplex", one_way_s: float = 0.0
+    tmp_path: Path,
+    a_amplitude: float,
+    a_mode: str = "full-duplex",
+    one_way_s: float = 0.0,
+    max_floor_s: float = 60.0,
 ) -> AsyncIterator[tuple[Box, Box, dict[str, FakeCard], RelayServer]]:
     """A push-to-talk room; A (``a_mode``, its microphone at ``a_amplitude``) calls B
     (who answers at once and knows A as "alice") through it: yields once the call is on.
@@ -221,7 +225,7 @@ async def _ptt_room_call(
 
     ids = {"A": Identity.generate(), "B": Identity.generate()}
     relay_id = Identity.generate()
-    rooms = {ROOM: RoomPolicy(allow=None, push_to_talk=True)}
+    rooms = {ROOM: RoomPolicy(allow=None, push_to_talk=True, max_floor_s=max_floor_s)}
     server = RelayServer(
         RelayConfig(listen=("127.0.0.1",), port=0, rooms=rooms), relay_id, control=False
     )
@@ -384,6 +388,47 @@ async def test_a_push_to_talk_collision_does_not_push_the_loser_up_the_ladder(
             await asyncio.sleep(2.0)
             box.h.set_ptt(False)
             await asyncio.sleep(1.0)
+        for box in (a, b):
+            call = box.h.status()["call"]
+            assert (call["tier"], call["tier_changes"]) == ("clear", 0), (box.name, call)
+
+
+@pytest.mark.parametrize("b_answers", [True, False])
+async def test_a_talker_past_max_floor_s_gives_way_and_comes_back_on_the_same_tier(
+    tmp_path: Path, b_answers: bool
+) -> None:
+    """A holds PTT past the room's max_floor_s (3 s here): the relay frees the floor and
+    drops A's packets for 3 s; B's held PTT takes it meanwhile (or nobody does), and A
+    takes it again once it is free. The gap in A's seqs is the relay's doing, not the
+    link's: A's tier stays where it was."""
+    from wzp.relay.room import DROP_FLOOR_TIMEOUT, FLOOR_LOCKOUT_S
+
+    async with _ptt_room_call(tmp_path, 8000.0, "half-duplex", one_way_s=0.15, max_floor_s=3.0) as (
+        a,
+        b,
+        _cards,
+        server,
+    ):
+        link_a, link_b = a.h.relay, b.h.relay
+        assert link_a is not None and link_b is not None
+        await asyncio.sleep(1.0)
+        a.h.set_ptt(True)
+        await until(lambda: link_b.floor == link_a.slot, 5, "A's floor")
+        if b_answers:
+            b.h.set_ptt(True)  # B waits for the floor, and gets it at A's time-out
+            await until(lambda: link_b.floor == link_b.slot, 8, "B's floor")
+            await asyncio.sleep(1.0)
+            b.h.set_ptt(False)
+        else:
+            await until(lambda: link_b.floor is None, 8, "A's time-out")
+            await asyncio.sleep(FLOOR_LOCKOUT_S / 2)
+            assert link_b.floor is None  # A is kept off it
+        assert server.relay.counters.floor_timeouts == 1
+        await until(lambda: link_b.floor == link_a.slot, 5, "A's floor again")
+        await asyncio.sleep(1.5)
+        a.h.set_ptt(False)
+        await asyncio.sleep(1.0)
+        assert server.relay.counters.datagram_drops.get(DROP_FLOOR_TIMEOUT, 0) > 0
         for box in (a, b):
             call = box.h.status()["call"]
             assert (call["tier"], call["tier_changes"]) == ("clear", 0), (box.name, call)

@@ -201,24 +201,26 @@ class MediaReceiver:
         self.last_heard: float | None = None
         #: the slot holding the floor of a push-to-talk room, as the relay last said
         self.floor: int | None = None
-        #: streams whose sender another member has held the floor against since their
-        #: last packet (see floor_changed)
+        #: streams that have not held the floor since their last packet (floor_changed)
         self._floor_elsewhere: set[int] = set()
 
     def floor_changed(self, slot: int | None) -> None:
         """The relay of a push-to-talk room says who holds the floor now (None: free).
 
-        The relay drops whatever another member sends meanwhile (SPEC 8.4). A sender
-        that pressed PTT just as someone else took the floor (a collision) only learns
-        of it a round trip later, and its packets of that moment never come: a gap in
-        its seqs that is not the link's loss, which would otherwise push its tier up
-        (the burst rule reads it as one long run). So the first gap in such a stream's
-        seqs after another member held the floor is excused; its gaps while it holds
-        the floor itself count as ever.
+        The relay drops whatever a member sends while it does not hold the floor (SPEC
+        8.4). A sender that pressed PTT just as someone else took the floor (a
+        collision) only learns of it a round trip later, and a holder whose floor the
+        relay freed under it (max_floor_s) is kept off it a while: in both cases
+        packets that never come, a gap in the seqs that is not the link's loss and
+        would otherwise push the sender's tier up (the burst rule reads it as one long
+        run). So a stream's gaps are excused from the time it no longer holds the floor
+        up to and including its first packet once it holds it again (that packet may
+        come before or after the Floor saying so); its gaps while it holds the floor
+        count as ever. A sender that does not hold the floor sends only keep-alives, so
+        little of the link's loss goes unseen.
         """
         self.floor = slot
-        if slot is not None:
-            self._floor_elsewhere.update(sid for sid in self.streams if sid != slot)
+        self._floor_elsewhere.update(sid for sid in self.streams if sid != slot)
 
     def stream(self, sid: int) -> StreamReceiver:
         rx = self.streams.get(sid)
@@ -257,7 +259,7 @@ class MediaReceiver:
             self.last_report = dg.report
             self.reports_received += 1
         excuse = hdr.stream in self._floor_elsewhere
-        if excuse and self.floor in (None, hdr.stream):
+        if excuse and self.floor == hdr.stream:
             self._floor_elsewhere.discard(hdr.stream)
         self.stream(hdr.stream).on_packet(hdr, payload, now, excuse)
         return None
