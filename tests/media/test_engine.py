@@ -246,7 +246,7 @@ def test_what_a_push_to_talk_relay_dropped_is_not_the_links_loss(speech48: np.nd
             if i not in lost:
                 rx.receive(d, t)
             t += 0.03
-        pattern = rx.streams[5].pattern.pattern(t)
+        pattern = rx.streams[5].loss.pattern(t)
         assert pattern is not None
         if told:
             assert rx.loss(t) == 0.0 and pattern.lost == 0
@@ -258,7 +258,7 @@ def test_what_a_push_to_talk_relay_dropped_is_not_the_links_loss(speech48: np.nd
         if i not in (70, 71):
             rx.receive(d, t)
         t += 0.03
-    pattern = rx.streams[5].pattern.pattern(t)
+    pattern = rx.streams[5].loss.pattern(t)
     assert pattern is not None and pattern.lost == 2
     # it held the floor too long (the relay's max_floor_s): freed under it and kept off
     # it a while, what it sent meanwhile dropped; it takes the floor again, the Floor
@@ -271,5 +271,5 @@ def test_what_a_push_to_talk_relay_dropped_is_not_the_links_loss(speech48: np.nd
         if not (82 <= i < 90 or i == 95):
             rx.receive(d, t)
         t += 0.03
-    pattern = rx.streams[5].pattern.pattern(t)
+    pattern = rx.streams[5].loss.pattern(t)
     assert pattern is not None and pattern.lost == 3

@@ -301,7 +301,7 @@ class MediaEndpoint:
         if now < self._next_recommend:
             return
         # each stream's loss pattern, fitted once for both rules
-        patterns = {sid: rx.pattern.pattern(now) for sid, rx in self.receiver.streams.items()}
+        patterns = {sid: rx.loss.pattern(now) for sid, rx in self.receiver.streams.items()}
         for sid, rx in self.receiver.streams.items():
             wanted = self._burst_wanted(rx, patterns[sid], now)
             if wanted is not None and self._recommend(wanted, now, rx):

@@ -75,8 +75,16 @@ class LossWindow:
     neither loss nor a run of losses.
     """
 
-    def __init__(self, window_s: float = 3.0, full_sample: int = MIN_LOSS_SAMPLE) -> None:
+    def __init__(
+        self,
+        window_s: float = 3.0,
+        full_sample: int = MIN_LOSS_SAMPLE,
+        loss_s: float | None = None,
+    ) -> None:
         self.window_s = window_s
+        #: :meth:`loss` covers the last ``loss_s`` of the window (default: all of it), so
+        #: one window serves the report's short loss and the pattern's longer span
+        self.loss_s = window_s if loss_s is None else min(loss_s, window_s)
         self.full_sample = full_sample
         self._unwrap = Unwrapper(16)
         self._events: deque[tuple[float, int]] = deque()
@@ -108,9 +116,14 @@ class LossWindow:
         ``raw``: not scaled down on a small sample (the playout's FEC wait wants to know
         of the very first loss)."""
         self._trim(now)
-        if not self._events:
+        cutoff = now - self.loss_s
+        seqs: set[int] = set()
+        for t, seq in reversed(self._events):  # arrival order: the newest at the right
+            if t < cutoff:
+                break
+            seqs.add(seq)
+        if not seqs:
             return None
-        seqs = {s for _, s in self._events}
         expected = max(seqs) - min(seqs) + 1
         if expected < MIN_LOSS_PACKETS:
             return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from math import ceil, log
 
 import numpy as np
@@ -27,6 +28,8 @@ MAX_OPEN_BLOCKS = 12
 #: seconds of seqs over which the loss pattern (mean loss, mean run) is fitted: long
 #: enough to hold a dozen loss runs at 10 % loss, short enough to follow a changing link
 PATTERN_WINDOW_S = 10.0
+#: the loss the report tells and the playout's FEC wait follow: the last seconds of it
+LOSS_WINDOW_S = 3.0
 #: blocks over which the sender's repair count is taken (the most seen in one of them).
 #: A block shows its true count only when its last repair arrives, so the window grows
 #: with the loss until the last repairs of all its blocks are lost together less than
@@ -60,8 +63,8 @@ class StreamReceiver:
 
     def __post_init__(self) -> None:
         self.playout = Playout(self.decoder, self.playout_config, self.log)
-        self.loss = LossWindow()
-        self.pattern = LossWindow(window_s=PATTERN_WINDOW_S)
+        #: one window of seqs: its loss over LOSS_WINDOW_S, its pattern over all of it
+        self.loss = LossWindow(window_s=PATTERN_WINDOW_S, loss_s=LOSS_WINDOW_S)
         self._ts = Unwrapper(32)  # media time, u32 ms
         self._blocks: OrderedDict[int, _Block] = OrderedDict()
         self.packets = 0
@@ -86,7 +89,6 @@ class StreamReceiver:
         self.packets += 1
         self.last_arrival = now
         self.loss.add(header.seq, now, excuse_gap)
-        self.pattern.add(header.seq, now, excuse_gap)
         # the playout's FEC wait reacts to the first loss seen (or its absence): a lost
         # syllable at the start of a call hurts more than a noisy estimate
         loss = self.loss.loss(now, raw=True)
@@ -137,7 +139,7 @@ class StreamReceiver:
         if loss > 0.0:
             needed = ceil(log(SHAPE_MISS) / log(min(loss, 0.95)))
             blocks = max(SHAPE_BLOCKS, min(SHAPE_BLOCKS_MAX, needed))
-        recent = list(self._repairs.values())[-blocks:]
+        recent = islice(reversed(self._repairs.values()), blocks)
         r = max(n for kk, n in recent if kk == key)
         shape = (*key, r)
         if shape != self.sender_shape:
