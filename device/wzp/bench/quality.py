@@ -190,10 +190,14 @@ def on_media_timeline(result: CallResult, start_ms: int, speech_ms: int) -> np.n
     return out
 
 
+def _at_16k(ref: np.ndarray, ref_rate: int) -> np.ndarray:
+    return resample(ref, ref_rate, 16_000) if ref_rate != 16_000 else ref.astype(np.float64)
+
+
 def _stoi(ref: np.ndarray, ref_rate: int, out48: np.ndarray) -> float | None:
     from pystoi import stoi
 
-    ref16 = resample(ref, ref_rate, 16_000) if ref_rate != 16_000 else ref.astype(np.float64)
+    ref16 = _at_16k(ref, ref_rate)
     deg16 = align_delay(ref16, resample(out48, SAMPLE_RATE, 16_000), 16_000, 0.4)
     try:
         return round(float(stoi(ref16, deg16, 16_000, extended=False)), 3)
@@ -206,7 +210,7 @@ def _scores(ref: np.ndarray, ref_rate: int, out48: np.ndarray) -> dict[str, floa
     from pystoi import stoi
 
     res: dict[str, float | None] = {}
-    ref16 = resample(ref, ref_rate, 16_000) if ref_rate != 16_000 else ref.astype(np.float64)
+    ref16 = _at_16k(ref, ref_rate)
     deg16 = align_delay(ref16, resample(out48, SAMPLE_RATE, 16_000), 16_000, 0.4)
     ref8 = resample(ref16, 16_000, 8_000)
     deg8 = resample(deg16, 16_000, 8_000)

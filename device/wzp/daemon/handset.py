@@ -41,7 +41,7 @@ from ..board.buttons import ButtonEvent
 from ..crypto.identity import Identity, fingerprint, fingerprint_text, parse_fingerprint
 from ..media.call import PEER_SILENT_S, CallEngine
 from ..media.codecs import DEFAULT_COMPLEXITY, TierCodec, make_frame_decoder
-from ..net.callrunner import HANGUP_LINGER_S, CallRunner
+from ..net.callrunner import CallRunner
 from ..net.quic import PeerFingerprintMismatch, connect_wzp, serve_wzp
 from ..proto import signal as sig
 from ..proto.session import EndReason, State
@@ -360,9 +360,9 @@ class Handset:
 
     async def _ended_call_gone(self) -> None:
         """A call that has ended but still holds its connection (its Hangup waits for an
-        acknowledgement, HANGUP_LINGER_S at most): give the Hangup a moment to be
+        acknowledgement, callrunner.HANGUP_LINGER_S at most): give the Hangup a moment to be
         acknowledged (one round trip, usually) before `wzp call` lets go of it."""
-        deadline = self.now() + min(HANGUP_LINGER_S, ENDED_CALL_GRACE_S)
+        deadline = self.now() + ENDED_CALL_GRACE_S
         while self._ended_call() is not None and self.now() < deadline:
             await asyncio.sleep(0.05)
 
